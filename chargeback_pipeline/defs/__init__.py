@@ -1,0 +1,1 @@
+"""Dagster definitions: partitions, resources, assets per lifecycle step, checks."""

@@ -1,0 +1,303 @@
+"""The built-in ``csv`` emitter (spec/emitters.md §4).
+
+One file per tenant and emitted date (or month), rewritten completely and atomically on
+every emission so that re-emitting a recalculated date never leaves stale numbers.
+
+Design notes:
+
+* The user-facing params are exactly ``output_dir`` and ``filename_template``. The
+  tenant name, ecosystem and the plugin's extra key fields (``env_id`` …) are not in
+  the ``(tenant_id, date, rows)`` call, so the core injects them once as
+  ``emitter_context=EmitterContext(...)`` (the factory sets ``needs_emitter_context``;
+  see :mod:`chargeback_pipeline.emitters.registry`). Built directly without a context,
+  the emitter writes no extra columns, refuses rows that carry dimensions, and refuses
+  templates that use ``{tenant_name}`` or ``{ecosystem}``.
+* Spreadsheet formula injection: identifiers come from vendors and configuration, and
+  finance opens these files in spreadsheet tools. Following OWASP's CSV-injection
+  guidance, a TEXT cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return
+  is written with a leading ``'`` so it is shown as text, not evaluated. ``timestamp``
+  and ``amount`` are never altered: amounts (including negative ones such as
+  ``-1.2500``) stay plain numbers that tools can sum.
+* Amounts are written with exactly four decimals. An amount with more precision is an
+  upstream bug and raises instead of being rounded here, because rounding in an output
+  would make the file disagree with stored money.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+from chargeback_pipeline.emitters.files import atomic_write, relative_path_problem, remove_file, safe_join
+from chargeback_pipeline.emitters.registry import EmitterContext, emitter_factory
+from chargeback_pipeline.models import QUANTUM, ChargebackRow, require_utc
+
+CSV_EMITTER_NAME = "csv"
+DEFAULT_FILENAME_TEMPLATE = "{tenant_id}_{date}.csv"
+PLACEHOLDERS = ("date", "ecosystem", "tenant_id", "tenant_name")
+CONTEXT_PLACEHOLDERS = ("ecosystem", "tenant_name")
+CSV_PARAMS: dict[str, type] = {"output_dir": str, "filename_template": str}
+REQUIRED_PARAMS = ("output_dir",)
+BASE_COLUMNS = (
+    "ecosystem",
+    "tenant_id",
+    "timestamp",
+    "resource_id",
+    "product_category",
+    "product_type",
+    "identity_id",
+    "cost_type",
+    "amount",
+    "allocation_method",
+    "allocation_detail",
+)
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_SAMPLE_VALUE = "x"
+
+
+# --- formatting ------------------------------------------------------------------------
+
+
+def format_amount(amount: Decimal) -> str:
+    """Plain notation, exactly four decimals, never ``-0.0000`` (``str(Decimal)`` is unstable)."""
+    if not isinstance(amount, Decimal):
+        raise TypeError(f"amount must be Decimal, got {type(amount).__name__} {amount!r}")
+    if not amount.is_finite():
+        raise ValueError(f"amount {amount} is not a finite number")
+    try:
+        quantized = amount.quantize(QUANTUM)
+    except InvalidOperation as exc:
+        raise ValueError(f"amount {amount} is too large to write with four decimals") from exc
+    if quantized != amount:
+        raise ValueError(f"amount {amount} has more than four decimal places")
+    if quantized.is_zero():
+        quantized = abs(quantized)
+    return f"{quantized:f}"
+
+
+def neutralise_formula(text: str) -> str:
+    """Prefix ``'`` to a text cell a spreadsheet would otherwise evaluate (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def csv_header(extra_key_fields: Sequence[str] = ()) -> list[str]:
+    return [*BASE_COLUMNS, *extra_key_fields]
+
+
+def csv_sort_key(row: ChargebackRow, extra_key_fields: Sequence[str] = ()) -> tuple[Any, ...]:
+    """Row order of emitters.md §4, ``None`` as ``""``."""
+    return (
+        require_utc(row.timestamp, "chargeback row timestamp"),
+        row.resource_id or "",
+        row.product_category,
+        row.product_type,
+        row.identity_id,
+        str(row.cost_type),
+        row.allocation_method or "",
+        row.allocation_detail or "",
+        *(row.dimensions.get(name) or "" for name in extra_key_fields),
+    )
+
+
+def csv_record(row: ChargebackRow, extra_key_fields: Sequence[str] = ()) -> list[str]:
+    """One row's cells in column order; text cells are formula-neutralised."""
+    text = neutralise_formula
+    timestamp = require_utc(row.timestamp, "chargeback row timestamp")
+    return [
+        text(row.ecosystem),
+        text(row.tenant_id),
+        timestamp.astimezone(UTC).isoformat(timespec="seconds"),
+        text(row.resource_id or ""),
+        text(row.product_category),
+        text(row.product_type),
+        text(row.identity_id),
+        text(str(row.cost_type)),
+        format_amount(row.amount),
+        text(row.allocation_method or ""),
+        text(row.allocation_detail or ""),
+        *(text(row.dimensions.get(name) or "") for name in extra_key_fields),
+    ]
+
+
+def write_csv(stream: IO[str], rows: Iterable[ChargebackRow], extra_key_fields: Sequence[str] = ()) -> int:
+    """Write header and sorted rows to ``stream``; return the number of data rows."""
+    writer = csv.writer(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer.writerow(csv_header(extra_key_fields))
+    ordered = sorted(rows, key=lambda row: csv_sort_key(row, extra_key_fields))
+    for row in ordered:
+        writer.writerow(_record_or_explain(row, extra_key_fields))
+    return len(ordered)
+
+
+def _record_or_explain(row: ChargebackRow, extra_key_fields: Sequence[str]) -> list[str]:
+    try:
+        return csv_record(row, extra_key_fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot write chargeback row {_describe_row(row)}: {exc}") from exc
+
+
+def _describe_row(row: ChargebackRow) -> str:
+    return (
+        f"(tenant {row.tenant_id!r}, resource {row.resource_id!r}, product_type {row.product_type!r}, "
+        f"identity {row.identity_id!r}, timestamp {row.timestamp!r})"
+    )
+
+
+# --- parameter and template validation -------------------------------------------------
+
+
+def template_placeholders(template: str) -> set[str]:
+    """Placeholder names used by a template (assumes it passed validation)."""
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+def template_problem(template: str, allowed: Sequence[str] = PLACEHOLDERS) -> str | None:
+    """Why ``template`` is not an acceptable file-name template, or ``None``."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is malformed ({exc})"
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in allowed:
+            shown = "{" + field + "}"
+            return f"uses unknown placeholder {shown}; allowed: {', '.join('{' + p + '}' for p in allowed)}"
+        if spec or conversion:
+            return f"placeholder {{{field}}} may not have a conversion or format spec"
+    problem = relative_path_problem(template.format(**dict.fromkeys(allowed, _SAMPLE_VALUE)))
+    return None if problem is None else f"must be a relative path inside output_dir but {problem}"
+
+
+def validate_csv_params(params: Mapping[str, Any]) -> None:
+    """Reject unknown, missing or wrong-typed ``csv`` params and unsafe templates."""
+    unknown = sorted(set(params) - set(CSV_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"params.{unknown[0]}: unknown parameter for emitter 'csv' "
+            "(allowed: output_dir, filename_template)"
+        )
+    for key in REQUIRED_PARAMS:
+        if key not in params:
+            raise ValueError(f"params.{key}: required parameter of emitter 'csv' is missing")
+    for key, expected in CSV_PARAMS.items():
+        if key in params and not isinstance(params[key], expected):
+            raise ValueError(f"params.{key}: must be a string, got {type(params[key]).__name__}")
+    if not params["output_dir"].strip():
+        raise ValueError("params.output_dir: must not be empty")
+    template = params.get("filename_template", DEFAULT_FILENAME_TEMPLATE)
+    problem = template_problem(template)
+    if problem is not None:
+        raise ValueError(f"params.filename_template: {template!r} {problem}")
+
+
+# --- the emitter -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CsvOutput:
+    """What the last call did, for the sink step's asset metadata."""
+
+    path: Path
+    row_count: int
+    bytes_written: int
+    removed: bool = False
+
+
+class CsvEmitter:
+    """Writes one CSV per ``(tenant, date)``; calling it again rewrites the file."""
+
+    def __init__(self, output_dir: Path, filename_template: str, context: EmitterContext | None) -> None:
+        self.output_dir = output_dir
+        self.filename_template = filename_template
+        self.context = context
+        self.extra_key_fields: tuple[str, ...] = context.extra_key_fields if context else ()
+        self.last_output: CsvOutput | None = None
+
+    def __call__(self, tenant_id: str, date: date, rows: Sequence[ChargebackRow]) -> None:
+        path = self.path_for(tenant_id, date)
+        self._check_rows(tenant_id, rows)
+        if not rows:
+            removed = remove_file(path)
+            self.last_output = CsvOutput(path=path, row_count=0, bytes_written=0, removed=removed)
+            return
+        with atomic_write(path, encoding="utf-8", newline="") as stream:
+            count = write_csv(stream, rows, self.extra_key_fields)
+        self.last_output = CsvOutput(path=path, row_count=count, bytes_written=path.stat().st_size)
+
+    def path_for(self, tenant_id: str, day: date) -> Path:
+        """The file for a tenant and emitted date, proven to lie inside ``output_dir``."""
+        values = {"tenant_id": tenant_id, "date": day.isoformat()}
+        if self.context is not None:
+            values |= {"tenant_name": self.context.tenant_name, "ecosystem": self.context.ecosystem}
+        for name in template_placeholders(self.filename_template):
+            _check_path_value(name, values[name])
+        return safe_join(self.output_dir, self.filename_template.format(**values))
+
+    def _check_rows(self, tenant_id: str, rows: Sequence[ChargebackRow]) -> None:
+        """Refuse rows that would put one tenant's money into another's file or drop a key."""
+        declared = set(self.extra_key_fields)
+        for row in rows:
+            if row.tenant_id != tenant_id:
+                raise ValueError(
+                    f"row of tenant_id {row.tenant_id!r} handed to the CSV emitter for {tenant_id!r}"
+                )
+            if self.context is not None and row.ecosystem != self.context.ecosystem:
+                raise ValueError(
+                    f"row of ecosystem {row.ecosystem!r} handed to the CSV emitter of tenant "
+                    f"{self.context.tenant_name!r} ({self.context.ecosystem!r})"
+                )
+            undeclared = set(row.dimensions) - declared
+            if undeclared:
+                raise ValueError(
+                    f"row {_describe_row(row)} has dimension(s) {', '.join(sorted(undeclared))} that are not "
+                    f"among the extra key fields ({', '.join(self.extra_key_fields) or 'none'})"
+                )
+
+
+def _check_path_value(placeholder: str, value: str) -> None:
+    """A substituted value may name a file or folder, never a path of its own."""
+    if not value or value in (".", "..") or any(ch in value for ch in ("/", "\\", "\x00")):
+        raise ValueError(f"{{{placeholder}}} value {value!r} cannot be used in a file name")
+
+
+def _resolve_output_dir(output_dir: str | os.PathLike[str], context: EmitterContext | None) -> Path:
+    """Relative directories follow the config file (config.md §1), else the start-up cwd."""
+    path = Path(output_dir)
+    if not path.is_absolute() and context is not None and context.config_dir is not None:
+        path = context.config_dir / path
+    return path.absolute()
+
+
+@emitter_factory(needs_emitter_context=True, validate_params=validate_csv_params)
+def make_csv_emitter(
+    output_dir: str,
+    filename_template: str = DEFAULT_FILENAME_TEMPLATE,
+    *,
+    emitter_context: EmitterContext | None = None,
+) -> CsvEmitter:
+    """Build the ``csv`` emitter; ``emitter_context`` is injected by the registry."""
+    validate_csv_params({"output_dir": os.fspath(output_dir), "filename_template": filename_template})
+    if emitter_context is None:
+        needs_context = sorted(template_placeholders(filename_template) & set(CONTEXT_PLACEHOLDERS))
+        if needs_context:
+            raise ValueError(
+                f"params.filename_template: {{{needs_context[0]}}} needs an EmitterContext "
+                "(build the emitter through registry.get with context=...)"
+            )
+    return CsvEmitter(_resolve_output_dir(output_dir, emitter_context), filename_template, emitter_context)
+
+
+def render_csv(rows: Iterable[ChargebackRow], extra_key_fields: Sequence[str] = ()) -> str:
+    """The exact file content without touching the disk (previews, tests)."""
+    buffer = io.StringIO(newline="")
+    write_csv(buffer, rows, extra_key_fields)
+    return buffer.getvalue()

@@ -1,0 +1,158 @@
+"""``chargeback run``: materialise tenant × date partitions through the Dagster assets, in process.
+
+Runs go to the persistent Dagster instance (``$DAGSTER_HOME``, or the current directory
+when it holds ``dagster.yaml``), so ``dagster dev`` shows them afterwards with their
+lineage, metadata and check results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from chargeback_pipeline import clock
+from chargeback_pipeline.config import LoadedConfig, load_config
+from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
+from chargeback_pipeline.defs.partitions import partition_key
+from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
+
+
+@dataclass
+class TenantTotals:
+    billed: Decimal = Decimal(0)
+    allocated: Decimal = Decimal(0)
+    unallocated: Decimal = Decimal(0)
+    dates_ok: int = 0
+    dates_failed: int = 0
+    files: set[str] = field(default_factory=set)
+
+    @property
+    def unallocated_pct(self) -> str:
+        if self.billed == 0:
+            return "0.00%"
+        return f"{(self.unallocated * 100 / self.billed).quantize(Decimal('0.01'))}%"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config_path = Path(args.config).resolve() if args.config else resolve_config_path()
+        loaded = load_config(config_path)
+        plan = _plan(loaded, args)
+    except (ChargebackError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    instance = _instance()
+    job = build_definitions(config_path).resolve_job_def(PIPELINE_JOB)
+    print(f"config: {config_path}\ndagster instance: {instance.root_directory or 'ephemeral'}")
+    totals = {tenant: TenantTotals() for tenant in plan}
+    for tenant, dates in plan.items():
+        print(f"tenant {tenant}: {len(dates)} date(s) {dates[0]} .. {dates[-1]}")
+        for d in dates:
+            _run_partition(job, instance, tenant, d, totals[tenant])
+    _print_summary(totals)
+    return 0 if all(t.dates_failed == 0 for t in totals.values()) else 1
+
+
+def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date]]:
+    tenants = list(args.tenant or sorted(loaded.tenants))
+    for tenant in tenants:
+        if tenant in loaded.tenant_errors:
+            raise ChargebackError(
+                f"tenant '{tenant}' has configuration errors:\n  " + "\n  ".join(loaded.tenant_errors[tenant])
+            )
+        if tenant not in loaded.tenants:
+            raise ChargebackError(f"unknown tenant '{tenant}'; configured: {', '.join(sorted(loaded.tenants)) or 'none'}")
+    if not tenants:
+        raise ChargebackError(f"no valid tenant in {loaded.path}")
+    today = clock.utc_now().date()
+    plan: dict[str, list[date]] = {}
+    for tenant in tenants:
+        settings = loaded.tenants[tenant]
+        dates = _requested_dates(args, clock.refresh_window(settings, today))
+        for d in dates:
+            clock.check_date_allowed(tenant, settings, d, today)
+        plan[tenant] = dates
+    return plan
+
+
+def _requested_dates(args: argparse.Namespace, window: list[date]) -> list[date]:
+    if not args.start and not args.end:
+        return window
+    start = date.fromisoformat(args.start) if args.start else window[0]
+    end = date.fromisoformat(args.end) if args.end else window[-1]
+    if end < start:
+        raise DateOutOfRangeError(f"--end {end} is before --start {start}")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def _instance() -> dg.DagsterInstance:
+    if not os.environ.get("DAGSTER_HOME") and Path("dagster.yaml").exists():
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    print("note: DAGSTER_HOME is not set; runs go to an ephemeral instance and will not show in the UI")
+    return dg.DagsterInstance.ephemeral()
+
+
+def _run_partition(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant: str, d: date, totals: TenantTotals) -> None:
+    started = time.monotonic()
+    result = job.execute_in_process(
+        partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False, tags={"tenant": tenant}
+    )
+    elapsed = time.monotonic() - started
+    if not result.success:
+        totals.dates_failed += 1
+        print(f"  {d}  FAILED after {elapsed:.1f}s: {_first_failure(result)}")
+        return
+    metadata = _materialization_metadata(result)
+    cb = metadata.get("chargebacks", {})
+    billed, allocated = Decimal(cb.get("billed_total", "0")), Decimal(cb.get("allocated_total", "0"))
+    unallocated = Decimal(cb.get("unallocated_total", "0"))
+    totals.billed += billed
+    totals.allocated += allocated
+    totals.unallocated += unallocated
+    totals.dates_ok += 1
+    files = [str(m["path"]) for name, m in metadata.items() if name.startswith("emit_") and m.get("path")]
+    totals.files.update(files)
+    print(
+        f"  {d}  ok {elapsed:.1f}s  lines {cb.get('line_count', 0)}  rows {cb.get('row_count', 0)}  "
+        f"billed {billed:.4f}  allocated {allocated:.4f}  UNALLOCATED {unallocated:.4f}"
+    )
+
+
+def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    return out
+
+
+def _first_failure(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    return "run failed (see the Dagster UI for the event log)"
+
+
+def _print_summary(totals: dict[str, TenantTotals]) -> None:
+    print("\nsummary")
+    for tenant, t in totals.items():
+        print(
+            f"  {tenant}: dates ok {t.dates_ok}, failed {t.dates_failed}; billed {t.billed:.4f}, "
+            f"allocated {t.allocated:.4f}, UNALLOCATED {t.unallocated:.4f} ({t.unallocated_pct})"
+        )
+        for path in sorted(t.files):
+            print(f"    wrote {path}")

@@ -1,0 +1,464 @@
+"""The lifecycle steps as plain functions (spec/operations.md §2–§8).
+
+Dagster assets are thin wrappers around these, so the steps can be tested, timed and
+reasoned about without an orchestrator. Every step works on one tenant, reads its
+inputs from the tenant's database and writes its output in one transaction, so a
+failed step leaves the partition exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from chargeback_pipeline.calculation import UsageGroup, calculate_date
+from chargeback_pipeline.config import TenantConfig
+from chargeback_pipeline.emitters import aggregation, registry
+from chargeback_pipeline.models import (
+    ZERO,
+    BillingLineItem,
+    MetricQuery,
+    billing_window,
+    day_start,
+    require_utc,
+)
+from chargeback_pipeline.runtime import TenantRuntime
+from chargeback_pipeline.storage import TenantDatabase
+
+log = logging.getLogger(__name__)
+
+LAST_GATHER = "last_gather"
+LAST_SUCCESSFUL_GATHER_AT = "last_successful_gather_started_at"
+CONSECUTIVE_GATHER_FAILURES = "consecutive_gather_failures"
+
+
+@dataclass
+class TenantSession:
+    """Everything a step needs for one tenant: its settings, its plugin runtime and its database."""
+
+    name: str
+    config: TenantConfig
+    runtime: TenantRuntime
+    db: TenantDatabase
+
+
+# --- billing ---------------------------------------------------------------------------
+
+
+def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, dict[str, Any]]:
+    """Gather and store billing lines for ``dates`` (operations.md §3).
+
+    One cost-input call covers the whole range; if it raises, each date is gathered on
+    its own so one bad day does not block the others. Dates whose gather failed raise
+    after the others are stored.
+    """
+    dates = sorted(set(dates))
+    by_date, failures = _gather_lines(session, dates)
+    results: dict[date, dict[str, Any]] = {}
+    for d in dates:
+        if d in failures:
+            continue
+        results[d] = _store_billing_date(session, d, by_date.get(d, []))
+    if failures:
+        details = "; ".join(f"{d}: {err}" for d, err in sorted(failures.items()))
+        raise RuntimeError(f"tenant '{session.name}': billing gather failed for {len(failures)} date(s): {details}")
+    return results
+
+
+def _gather_lines(
+    session: TenantSession, dates: Sequence[date]
+) -> tuple[dict[date, list[BillingLineItem]], dict[date, str]]:
+    tenant_id = session.runtime.tenant_id
+    read_view = session.db.read_view()
+    first, last = dates[0], dates[-1]
+    contiguous = (last - first).days + 1 == len(dates)
+    if contiguous:
+        try:
+            lines = list(
+                session.runtime.cost_input.gather(
+                    tenant_id, day_start(first), day_start(last + timedelta(days=1)), read_view
+                )
+            )
+            return _assign_to_dates(session, lines, set(dates)), {}
+        except Exception as exc:
+            if len(dates) == 1:
+                return {}, {first: _describe(exc)}
+            log.warning("tenant '%s': range billing gather failed (%s); retrying per date", session.name, exc)
+    by_date: dict[date, list[BillingLineItem]] = {}
+    failures: dict[date, str] = {}
+    for d in dates:
+        try:
+            lines = list(
+                session.runtime.cost_input.gather(
+                    tenant_id, day_start(d), day_start(d + timedelta(days=1)), read_view
+                )
+            )
+        except Exception as exc:
+            failures[d] = _describe(exc)
+            continue
+        by_date.update(_assign_to_dates(session, lines, {d}))
+    return by_date, failures
+
+
+def _assign_to_dates(
+    session: TenantSession, lines: Iterable[BillingLineItem], wanted: set[date]
+) -> dict[date, list[BillingLineItem]]:
+    by_date: dict[date, list[BillingLineItem]] = defaultdict(list)
+    outside: list[BillingLineItem] = []
+    for line in lines:
+        d = require_utc(line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp").date()
+        (by_date[d] if d in wanted else outside).append(line)
+    if outside:
+        first = ", ".join(f"{x.timestamp.isoformat()} {x.resource_id} {x.product_type}" for x in outside[:3])
+        log.warning(
+            "tenant '%s': discarded %d billing line(s) dated outside the requested range (first: %s)",
+            session.name,
+            len(outside),
+            first,
+        )
+    return dict(by_date)
+
+
+def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLineItem]) -> dict[str, Any]:
+    db = session.db
+    if not lines:
+        stored = db.billing.find_by_date(d)
+        if stored:
+            log.warning("tenant '%s': no billing returned for %s; keeping %d stored lines", session.name, d, len(stored))
+        with db.transaction():
+            db.state.mark_billing_gathered(d, db.billing.fingerprint(d))
+        return _billing_metadata(stored, withdrawn=0, revised=0, kept=True)
+    with db.transaction():
+        result = db.billing.replace_date(d, lines)
+        db.state.mark_billing_gathered(d, db.billing.fingerprint(d))
+    for key in result.withdrawn:
+        log.info("tenant '%s': %s: billing line withdrawn by the vendor: %s", session.name, d, key)
+    for revision in result.revised:
+        log.info("tenant '%s': %s: Billing revision detected: %s", session.name, d, revision)
+    stored = db.billing.find_by_date(d)
+    log.info("tenant '%s': %s: stored %d billing lines", session.name, d, len(stored))
+    return _billing_metadata(stored, withdrawn=len(result.withdrawn), revised=len(result.revised), kept=False)
+
+
+def _billing_metadata(lines: Sequence[BillingLineItem], *, withdrawn: int, revised: int, kept: bool) -> dict[str, Any]:
+    total = sum((line.total_cost for line in lines), ZERO)
+    return {
+        "line_count": len(lines),
+        "billed_total": money(total),
+        "withdrawn_lines": withdrawn,
+        "revised_lines": revised,
+        "kept_previous_lines": kept,
+    }
+
+
+# --- inventory -------------------------------------------------------------------------
+
+
+def gather_inventory(session: TenantSession, run_id: str, now: datetime) -> dict[str, Any]:
+    """Gather resources and identities tenant-wide, at most once per run and refresh gap (§4)."""
+    state = session.db.gather_state
+    last = state.get(LAST_GATHER)
+    if last and last.get("run_id") == run_id:
+        return {**_inventory_metadata(last), "reused": "earlier partition of this run"}
+    gap = timedelta(seconds=session.runtime.settings_base.min_refresh_gap_seconds)
+    last_ok = state.get(LAST_SUCCESSFUL_GATHER_AT)
+    if last and last_ok and now - datetime.fromisoformat(last_ok) < gap:
+        return {**_inventory_metadata(last), "reused": f"gather at {last_ok} is within min_refresh_gap_seconds"}
+    try:
+        record = _run_gather(session, run_id, now)
+    except Exception:
+        with session.db.transaction():
+            state.increment(CONSECUTIVE_GATHER_FAILURES)
+        raise
+    with session.db.transaction():
+        state.set(LAST_GATHER, record)
+        state.set(LAST_SUCCESSFUL_GATHER_AT, now.isoformat())
+        state.set(CONSECUTIVE_GATHER_FAILURES, 0)
+    return {**_inventory_metadata(record), "reused": "no (gathered now)"}
+
+
+def _run_gather(session: TenantSession, run_id: str, now: datetime) -> dict[str, Any]:
+    runtime, db = session.runtime, session.db
+    tenant_id = runtime.tenant_id
+    read_view = db.read_view()
+    shared_ctx = runtime.plugin.build_shared_context(tenant_id)
+    observed_resources: dict[str, set[str]] = defaultdict(set)
+    observed_identities: set[str] = set()
+    failed: list[str] = []
+    for service_type, handler in runtime.handlers.items():
+        try:
+            for resource in _upsert_as_gathered(
+                db, handler.gather_resources(tenant_id, read_view, shared_ctx), now, "resources"
+            ):
+                observed_resources[resource.resource_type].add(resource.resource_id)
+            for identity in _upsert_as_gathered(db, handler.gather_identities(tenant_id, read_view), now, "identities"):
+                observed_identities.add(identity.identity_id)
+        except Exception as exc:
+            log.warning("tenant '%s': Handler %s gather failed: %s", session.name, service_type, _describe(exc))
+            failed.append(service_type)
+    counts = {rtype: len(ids) for rtype, ids in sorted(observed_resources.items())}
+    log.info(
+        "tenant '%s': inventory gathered: %s resources by type, %d identities%s",
+        session.name,
+        counts,
+        len(observed_identities),
+        f"; failed handlers: {failed}" if failed else "",
+    )
+    return {
+        "gather_id": uuid.uuid4().hex,
+        "run_id": run_id,
+        "started_at": now.isoformat(),
+        "complete": not failed,
+        "failed_handlers": failed,
+        "observed_resources": {k: sorted(v) for k, v in observed_resources.items()},
+        "observed_identities": sorted(observed_identities),
+        "deletions_done": False,
+    }
+
+
+def _upsert_as_gathered(db: TenantDatabase, entities: Iterable[Any], now: datetime, kind: str) -> list[Any]:
+    """Upsert what a handler yields; what it yielded before raising stays stored (§4.4)."""
+    gathered: list[Any] = []
+    repo = db.resources if kind == "resources" else db.identities
+    try:
+        for entity in entities:
+            gathered.append(entity)
+    finally:
+        if gathered:
+            with db.transaction():
+                repo.upsert_many(gathered, now)
+    return gathered
+
+
+def _inventory_metadata(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "gathered_at": record["started_at"],
+        "complete": record["complete"],
+        "failed_handlers": ", ".join(record["failed_handlers"]) or "none",
+        "resources_observed": sum(len(v) for v in record["observed_resources"].values()),
+        "identities_observed": len(record["observed_identities"]),
+    }
+
+
+# --- deletion detection ----------------------------------------------------------------
+
+
+def detect_deletions(session: TenantSession) -> dict[str, Any]:
+    """Mark what the latest gather no longer returned as deleted (operations.md §5)."""
+    state = session.db.gather_state
+    record = state.get(LAST_GATHER)
+    if not record:
+        return {"deleted_resources": 0, "deleted_identities": 0, "note": "no gather has run yet"}
+    if record.get("deletions_done"):
+        return {**record.get("deletion_summary", {}), "note": "already applied for the latest gather"}
+    now = datetime.fromisoformat(record["started_at"])
+    threshold = session.config.zero_gather_deletion_threshold
+    summary: dict[str, Any] = {"deleted_resources": 0, "deleted_identities": 0, "skipped_types": []}
+    with session.db.transaction():
+        for rtype in _deletable_resource_types(session, record):
+            observed = set(record["observed_resources"].get(rtype, []))
+            active = {r.resource_id for r in session.db.resources.find_active_at(now, rtype)}
+            doomed = _sweep(session, f"resources:{rtype}", active, observed, threshold)
+            session.db.resources.mark_deleted(sorted(doomed), now)
+            summary["deleted_resources"] += len(doomed)
+        if record["complete"]:
+            observed_ids = set(record["observed_identities"])
+            active_ids = {
+                i.identity_id for i in session.db.identities.find_active_at(now) if i.identity_type != "system"
+            }
+            doomed = _sweep(session, "identities", active_ids, observed_ids, threshold)
+            session.db.identities.mark_deleted(sorted(doomed), now)
+            summary["deleted_identities"] = len(doomed)
+        else:
+            summary["skipped_types"].append("identities")
+        record["deletions_done"] = True
+        record["deletion_summary"] = summary
+        state.set(LAST_GATHER, record)
+    log.info("tenant '%s': deletion detection: %s", session.name, summary)
+    return {**summary, "skipped_types": ", ".join(summary["skipped_types"]) or "none"}
+
+
+def _deletable_resource_types(session: TenantSession, record: dict[str, Any]) -> list[str]:
+    failed = set(record["failed_handlers"])
+    declared: dict[str, set[str]] = defaultdict(set)
+    for service_type, handler in session.runtime.handlers.items():
+        for rtype in handler.gathered_resource_types:
+            declared[rtype].add(service_type)
+    return [rtype for rtype in sorted(declared) if not (declared[rtype] & failed)]
+
+
+def _sweep(session: TenantSession, counter: str, active: set[str], observed: set[str], threshold: int) -> set[str]:
+    state = session.db.gather_state
+    key = f"zero_gathers:{counter}"
+    if observed or not active:
+        state.set(key, 0)
+        return active - observed
+    count = int(state.get(key) or 0) + 1
+    if threshold == -1 or count < threshold:
+        state.set(key, count)
+        log.warning(
+            "tenant '%s': %s: empty gather #%d with %d active entities; nothing deleted",
+            session.name,
+            counter,
+            count,
+            len(active),
+        )
+        return set()
+    state.set(key, 0)
+    return active
+
+
+# --- usage -----------------------------------------------------------------------------
+
+UsageKey = tuple[str, datetime, datetime]
+
+
+def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
+    """Fetch usage for the date's lines, one query batch per (resource, window) (§6)."""
+    runtime = session.runtime
+    groups = _usage_groups(session, session.db.billing.find_by_date(d))
+    results: dict[UsageKey, UsageGroup] = {}
+    source = runtime.metrics_source
+    if source is not None and groups:
+        step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
+        workers = max(1, min(session.config.metrics_prefetch_workers, len(groups)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {key: pool.submit(source.query, queries, key[1], key[2], step, key[0]) for key, queries in groups.items()}
+        for key, future in sorted(futures.items()):
+            try:
+                results[key] = UsageGroup(rows=future.result(), fetch_failed=False)
+            except Exception as exc:
+                log.warning("tenant '%s': %s: usage fetch failed for %s: %s", session.name, d, key[0], _describe(exc))
+                results[key] = UsageGroup(rows=None, fetch_failed=True)
+    with session.db.transaction():
+        session.db.usage.replace_date(d, results)
+    failed = sum(1 for g in results.values() if g.fetch_failed)
+    rows = sum(len(v) for g in results.values() if g.rows for v in g.rows.values())
+    log.info("tenant '%s': %s: usage groups fetched %d, failed %d, rows %d", session.name, d, len(results), failed, rows)
+    return {
+        "groups_with_queries": len(groups),
+        "groups_fetched": len(results) - failed,
+        "groups_failed": failed,
+        "metric_rows": rows,
+        "metrics_source": type(source).__name__ if source is not None else "none",
+    }
+
+
+def _usage_groups(session: TenantSession, lines: Sequence[BillingLineItem]) -> dict[UsageKey, list[MetricQuery]]:
+    runtime = session.runtime
+    groups: dict[UsageKey, dict[str, MetricQuery]] = {}
+    for line in lines:
+        handler = runtime.handler_for(line.product_type)
+        if handler is None:
+            continue
+        start, end = billing_window(line, runtime.granularity_durations)
+        queries = groups.setdefault((line.resource_id, start, end), {})
+        for query in handler.get_metrics_for_product_type(line.product_type):
+            queries.setdefault(query.key, query)
+    return {key: list(queries.values()) for key, queries in groups.items() if queries}
+
+
+# --- chargebacks -----------------------------------------------------------------------
+
+
+def calculate_chargebacks(session: TenantSession, d: date) -> dict[str, Any]:
+    """Allocate every billing line of ``d`` and commit the rows atomically (§7)."""
+    db = session.db
+    _require_inventory(session, d)
+    lines = db.billing.find_by_date(d)
+    usage = db.usage.load_date(d)
+    calculation = calculate_date(session.runtime, db.read_view(), d, lines, usage, db.attempts, log)
+    calculation_id = str(uuid.uuid4())
+    with db.transaction():
+        db.chargebacks.replace_date(d, calculation.rows, calculation_id)
+        db.attempts.reset(calculation.succeeded_line_keys)
+        db.state.mark_calculated(d, calculation_id, datetime.now(UTC).replace(microsecond=0))
+    log.info(
+        "tenant '%s': %s: allocated %d lines into %d rows (calculation %s)",
+        session.name,
+        d,
+        len(lines),
+        len(calculation.rows),
+        calculation_id,
+    )
+    return {"calculation_id": calculation_id, **calculation.metadata}
+
+
+def _require_inventory(session: TenantSession, d: date) -> None:
+    record = session.db.gather_state.get(LAST_GATHER)
+    if record and record["complete"]:
+        with session.db.transaction():
+            session.db.state.mark_resources_gathered(d)
+        return
+    if session.db.state.get(d).resources_gathered:
+        log.warning("tenant '%s': %s: recalculating on a partially refreshed inventory", session.name, d)
+        return
+    failed = ", ".join(record["failed_handlers"]) if record else "no gather has run"
+    raise RuntimeError(
+        f"inventory incomplete for tenant {session.name}: handler(s) {failed} failed; "
+        f"{d} cannot be calculated until a complete gather"
+    )
+
+
+# --- emission --------------------------------------------------------------------------
+
+
+def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, Any]:
+    """Run one emitter of the tenant for ``d`` and record the outcome (emitters.md §6–§7)."""
+    spec = next((s for s in session.runtime.settings_base.emitters if s.name == emitter_name), None)
+    if spec is None:
+        return {"status": "not configured for this tenant"}
+    db = session.db
+    state = db.state.get(d)
+    if not state.chargeback_calculated:
+        raise RuntimeError(f"tenant '{session.name}': {d} has no committed chargebacks to emit")
+    backend = db.storage_backend()
+    bucket_start, bucket_end = aggregation.bucket_range(spec.aggregation, d)
+    if spec.aggregation in ("daily", "monthly"):
+        rows = backend.chargebacks_aggregated(bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day")
+    else:
+        rows = backend.chargebacks_for_date(d)
+    emitter = registry.get(spec.type, dict(spec.params), backend, context=session_emitter_context(session))
+    try:
+        emitter(session.runtime.tenant_id, bucket_start, rows)
+    except Exception as exc:
+        with db.transaction():
+            db.emissions.record(emitter_name, d, "failed", state.calculation_id, len(rows))
+        raise RuntimeError(f"tenant '{session.name}': emitter '{emitter_name}' failed for {d}: {_describe(exc)}") from exc
+    with db.transaction():
+        db.emissions.record(emitter_name, d, "emitted", state.calculation_id, len(rows))
+    log.info("tenant '%s': %s: emitter '%s' wrote %d rows", session.name, d, emitter_name, len(rows))
+    return {
+        "status": "emitted",
+        "emitter_type": spec.type,
+        "rows": len(rows),
+        "calculation_id": state.calculation_id,
+        **getattr(emitter, "last_output", {}),
+    }
+
+
+def session_emitter_context(session: TenantSession) -> registry.EmitterContext:
+    return registry.EmitterContext(
+        tenant_name=session.name,
+        ecosystem=session.runtime.ecosystem,
+        extra_key_fields=session.runtime.extra_key_fields,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def money(value: Decimal) -> str:
+    """Money in metadata is shown as an exact 4-dp string, never a float."""
+    return f"{value:.4f}"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,238 @@
+"""Billing lines of one tenant: normalisation, replace-by-date and revision detection.
+
+Normalisation (spec/domain-model.md §1) happens here, at the storage boundary, so
+that every cost input gets the same treatment: UTC whole seconds, equal natural keys
+merged on raw amounts, then quantised once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from chargeback_pipeline.models import ZERO, BillingLineItem, q4
+from chargeback_pipeline.storage.codec import (
+    dump_json,
+    frame,
+    insert_frame,
+    load_json,
+    money_in,
+    quoted,
+    require_date,
+    ts_in,
+    utc_seconds,
+)
+from chargeback_pipeline.storage.schema import BILLING_KEY
+from chargeback_pipeline.storage.transactions import atomic
+
+BillingKey = tuple[Any, ...]
+LineFactory = Callable[[Mapping[str, Any]], BillingLineItem]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRevision:
+    """A stored line whose ``total_cost`` changed when its date was re-gathered."""
+
+    key: BillingKey
+    old_total: Decimal
+    new_total: Decimal
+
+    def __str__(self) -> str:
+        return f"{format_key(self.key)}: {self.old_total} -> {self.new_total}"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingReplaceResult:
+    """What a replace changed, so the step can log withdrawals and revisions (operations.md §3)."""
+
+    billing_date: date
+    stored: int
+    withdrawn: list[BillingKey] = field(default_factory=list)
+    revised: list[BillingRevision] = field(default_factory=list)
+    kept_existing: int = 0
+
+
+def format_key(key: BillingKey) -> str:
+    return "/".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in key)
+
+
+def line_key(line: BillingLineItem, extra: Sequence[str]) -> BillingKey:
+    """Natural key of a line in stored form (UTC whole seconds, extra fields as strings)."""
+    return (
+        line.ecosystem,
+        line.tenant_id,
+        utc_seconds(line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp"),
+        line.resource_id,
+        line.product_type,
+        line.product_category,
+        *(str(getattr(line, name, "") or "") for name in extra),
+    )
+
+
+def normalise_lines(
+    d: date, lines: Iterable[BillingLineItem], extra: Sequence[str], factory: LineFactory
+) -> list[BillingLineItem]:
+    """Apply domain-model §1 to one date's lines; the result is in natural-key order."""
+    groups: dict[BillingKey, list[BillingLineItem]] = {}
+    for line in lines:
+        key = line_key(line, extra)
+        if key[2].date() != d:
+            raise ValueError(
+                f"billing line {format_key(key)} is dated {key[2].date()}, not the stored date {d}"
+            )
+        groups.setdefault(key, []).append(line)
+    return [_merge(key, group, extra, factory) for key, group in sorted(groups.items())]
+
+
+def _merge(
+    key: BillingKey, group: list[BillingLineItem], extra: Sequence[str], factory: LineFactory
+) -> BillingLineItem:
+    where = f"billing line {format_key(key)}"
+    first = group[0]
+    raw_total = sum((money_in(x.total_cost, f"{where} total_cost") for x in group), ZERO)
+    quantity = sum((money_in(x.quantity, f"{where} quantity") for x in group), ZERO)
+    prices = [money_in(x.unit_price, f"{where} unit_price") for x in group]
+    unit_price = prices[0] if all(p == prices[0] for p in prices) else Decimal(0)
+    metadata = dict(first.metadata)
+    if len(group) > 1:
+        metadata["merged_lines"] = len(group)
+    total = q4(raw_total)
+    if total != raw_total:
+        metadata["raw_total_cost"] = str(raw_total)
+    fields: dict[str, Any] = {
+        "ecosystem": first.ecosystem,
+        "tenant_id": first.tenant_id,
+        "timestamp": key[2],
+        "resource_id": first.resource_id,
+        "product_category": first.product_category,
+        "product_type": first.product_type,
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "total_cost": total,
+        "currency": first.currency,
+        "granularity": first.granularity,
+        "metadata": metadata,
+    }
+    fields.update(zip(extra, key[len(BILLING_KEY) :], strict=True))
+    return factory(fields)
+
+
+class BillingRepository:
+    """Billing lines keyed by natural key plus the module's extra key fields."""
+
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, extra_key_fields: Sequence[str], line_factory: LineFactory
+    ) -> None:
+        self._conn = conn
+        self.extra_key_fields = tuple(extra_key_fields)
+        self._factory = line_factory
+        self._key_cols = quoted((*BILLING_KEY, *self.extra_key_fields))
+
+    def replace_date(self, d: date, lines: Iterable[BillingLineItem]) -> BillingReplaceResult:
+        """Replace the date's stored lines by exactly ``lines``, in one transaction.
+
+        An empty ``lines`` keeps what is stored (an outage or expired vendor retention
+        must never erase billing); ``kept_existing`` then says how many lines were kept.
+        """
+        require_date(d, "billing date")
+        normalised = normalise_lines(d, lines, self.extra_key_fields, self._factory)
+        if not normalised:
+            return BillingReplaceResult(d, stored=0, kept_existing=self.count(d))
+        with atomic(self._conn):
+            old = self._totals(d)
+            self._conn.execute("DELETE FROM billing_lines WHERE billing_date = ?", [d])
+            self._insert(d, normalised)
+        new = {line_key(x, self.extra_key_fields): x.total_cost for x in normalised}
+        common = sorted(old.keys() & new.keys())
+        revised = [BillingRevision(k, old[k], new[k]) for k in common if old[k] != new[k]]
+        return BillingReplaceResult(d, len(normalised), sorted(old.keys() - new.keys()), revised)
+
+    def _insert(self, d: date, lines: Sequence[BillingLineItem]) -> None:
+        extra = self.extra_key_fields
+        keys = [line_key(x, extra) for x in lines]
+        columns: dict[str, Any] = {name: [k[i] for k in keys] for i, name in enumerate(BILLING_KEY)}
+        columns["timestamp"] = [k[2].isoformat() for k in keys]
+        columns.update({name: [k[len(BILLING_KEY) + i] for k in keys] for i, name in enumerate(extra)})
+        columns["quantity"] = [str(x.quantity) for x in lines]
+        columns["unit_price"] = [str(x.unit_price) for x in lines]
+        columns["total_cost"] = [str(x.total_cost) for x in lines]
+        columns["currency"] = [x.currency for x in lines]
+        columns["granularity"] = [x.granularity for x in lines]
+        columns["metadata"] = [
+            dump_json(x.metadata, f"metadata of billing line {format_key(k)}")
+            for x, k in zip(lines, keys, strict=True)
+        ]
+        casts = {
+            "timestamp": 'CAST("timestamp" AS TIMESTAMPTZ)',
+            "total_cost": "CAST(total_cost AS DECIMAL(38,4))",
+        }
+        select = ", ".join(casts.get(name, f'"{name}"') for name in columns)
+        insert_frame(
+            self._conn,
+            "_billing_stage",
+            frame(columns),
+            f"INSERT INTO billing_lines ({quoted(columns)}, billing_date) "
+            f"SELECT {select}, ?::DATE FROM _billing_stage",
+            [d],
+        )
+
+    def _totals(self, d: date) -> dict[BillingKey, Decimal]:
+        rows = self._conn.execute(
+            f"SELECT {self._key_cols}, total_cost FROM billing_lines WHERE billing_date = ?", [d]
+        ).fetchall()
+        return {(*r[:2], ts_in(r[2]), *r[3:-1]): r[-1] for r in rows}
+
+    def find_by_date(self, d: date) -> list[BillingLineItem]:
+        """The date's lines in natural-key order, built with the module's line class."""
+        require_date(d, "billing date")
+        rows = self._conn.execute(
+            f"SELECT {self._key_cols}, quantity, unit_price, total_cost, currency, granularity, metadata "
+            f"FROM billing_lines WHERE billing_date = ? ORDER BY {self._key_cols}",
+            [d],
+        ).fetchall()
+        return [self._line(row) for row in rows]
+
+    def _line(self, row: tuple[Any, ...]) -> BillingLineItem:
+        n = len(BILLING_KEY)
+        fields: dict[str, Any] = dict(zip(BILLING_KEY, row[:n], strict=True))
+        fields["timestamp"] = ts_in(row[2])
+        fields.update(zip(self.extra_key_fields, row[n : n + len(self.extra_key_fields)], strict=True))
+        quantity, unit_price, total, currency, granularity, metadata = row[n + len(self.extra_key_fields) :]
+        fields.update(
+            quantity=Decimal(quantity),
+            unit_price=Decimal(unit_price),
+            total_cost=total,
+            currency=currency,
+            granularity=granularity,
+            metadata=load_json(metadata) or {},
+        )
+        return self._factory(fields)
+
+    def dates(self) -> list[date]:
+        rows = self._conn.execute("SELECT DISTINCT billing_date FROM billing_lines ORDER BY 1").fetchall()
+        return [r[0] for r in rows]
+
+    def count(self, d: date) -> int:
+        row = self._conn.execute("SELECT count(*) FROM billing_lines WHERE billing_date = ?", [d]).fetchone()
+        return int(row[0]) if row else 0
+
+    def fingerprint(self, d: date) -> str:
+        """SHA-256 over the stored lines (key, quantity, unit price, total) to detect revisions."""
+        rows = self._conn.execute(
+            f"SELECT {self._key_cols}, quantity, unit_price, CAST(total_cost AS VARCHAR) "
+            f"FROM billing_lines WHERE billing_date = ? ORDER BY {self._key_cols}",
+            [d],
+        ).fetchall()
+        digest = hashlib.sha256()
+        for row in rows:
+            values = [v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v for v in row]
+            digest.update(json.dumps(values, ensure_ascii=False).encode("utf-8"))
+            digest.update(b"\n")
+        return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Built-in ecosystem plugins: one sub-package per ecosystem, each exporting ``register()``."""
