@@ -26,7 +26,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from chargeback_pipeline.errors import AllocationError
@@ -133,7 +133,7 @@ def usage_ratio(usage: Mapping[str, Decimal], target: Decimal) -> list[tuple[str
     if any(v <= 0 for v in values):
         raise AllocationError("usage_ratio needs strictly positive usage values")
     total = sum(values, ZERO)
-    provisional = [q4(target * v / total) for v in values]
+    provisional = [(target * v / total).quantize(QUANTUM, rounding=ROUND_HALF_UP) for v in values]
     amounts = distribute(ordered, provisional, target)
     return [(i, a, float(v / total)) for i, a, v in zip(ordered, amounts, values, strict=True)]
 

@@ -224,40 +224,45 @@ def active_fraction(resource: Resource, start: datetime, end: datetime) -> Decim
 def check_rows(rows: Sequence[ChargebackRow], expected: Decimal, line: BillingLineItem) -> None:
     """Reject allocator output that would lose, invent or mislabel money (allocation.md §2).
 
-    Normalises each amount to exactly 4 decimal places as a side effect.
+    Normalises each amount to exactly 4 decimal places as a side effect. The loop is the
+    hot path (one pass over ~800k rows a day), so it only tests; ``_explain_row`` says
+    what is wrong with the first bad row.
     """
-    want = (
-        line.ecosystem,
-        line.tenant_id,
-        line.timestamp,
-        line.resource_id,
-        line.product_category,
-        line.product_type,
-    )
+    eco, tenant, ts = line.ecosystem, line.tenant_id, line.timestamp
+    rid, cat, ptype = line.resource_id, line.product_category, line.product_type
     total = ZERO
     for index, row in enumerate(rows):
-        if not isinstance(row, ChargebackRow):
-            raise AllocationError(f"row {index} is a {type(row).__name__}, not a ChargebackRow")
-        total += _checked_amount(row, index)
-        got = (
-            row.ecosystem,
-            row.tenant_id,
-            row.timestamp,
-            row.resource_id,
-            row.product_category,
-            row.product_type,
-        )
-        if got != want:
-            raise AllocationError(f"row {index} does not carry the line's fields: {got} != {want}")
-        if not isinstance(row.identity_id, str) or not row.identity_id:
-            raise AllocationError(f"row {index} has an empty or non-string identity_id {row.identity_id!r}")
-        if not isinstance(row.cost_type, CostType):
-            raise AllocationError(f"row {index} has cost_type {row.cost_type!r}, not a CostType")
+        try:
+            amount = row.amount
+            quantised = amount.quantize(QUANTUM)
+        except (AttributeError, TypeError, ArithmeticError):
+            _explain_row(row, index, line)
+            raise
+        if (
+            quantised != amount
+            or (type(row) is not ChargebackRow and not isinstance(row, ChargebackRow))
+            or not isinstance(amount, Decimal)
+            or row.product_type != ptype
+            or row.resource_id != rid
+            or row.timestamp != ts
+            or row.product_category != cat
+            or row.tenant_id != tenant
+            or row.ecosystem != eco
+            or type(row.identity_id) is not str
+            or not row.identity_id
+            or type(row.cost_type) is not CostType
+        ):
+            _explain_row(row, index, line)
+        row.amount = quantised
+        total += quantised
     if total != expected:
         raise AllocationError(f"rows sum to {total}, expected {expected} (conservation)")
 
 
-def _checked_amount(row: ChargebackRow, index: int) -> Decimal:
+def _explain_row(row: object, index: int, line: BillingLineItem) -> None:
+    """Raise the precise error for a row the fast check refused."""
+    if not isinstance(row, ChargebackRow):
+        raise AllocationError(f"row {index} is a {type(row).__name__}, not a ChargebackRow")
     amount = row.amount
     if not isinstance(amount, Decimal):
         raise AllocationError(f"row {index} amount {amount!r} is a {type(amount).__name__}, not a Decimal")
@@ -267,8 +272,28 @@ def _checked_amount(row: ChargebackRow, index: int) -> Decimal:
         raise AllocationError(f"row {index} amount {amount} cannot be expressed with 4 decimals") from exc
     if quantised != amount:
         raise AllocationError(f"row {index} amount {amount} has more than 4 decimal places")
-    row.amount = quantised
-    return quantised
+    want = (
+        line.ecosystem,
+        line.tenant_id,
+        line.timestamp,
+        line.resource_id,
+        line.product_category,
+        line.product_type,
+    )
+    got = (
+        row.ecosystem,
+        row.tenant_id,
+        row.timestamp,
+        row.resource_id,
+        row.product_category,
+        row.product_type,
+    )
+    if got != want:
+        raise AllocationError(f"row {index} does not carry the line's fields: {got} != {want}")
+    if not isinstance(row.identity_id, str) or not row.identity_id:
+        raise AllocationError(f"row {index} has an empty or non-string identity_id {row.identity_id!r}")
+    if not isinstance(row.cost_type, CostType):
+        raise AllocationError(f"row {index} has cost_type {row.cost_type!r}, not a CostType")
 
 
 # --- Per-window caches ------------------------------------------------------------------
@@ -341,8 +366,8 @@ class _DateRun:
 
     def allocate_line(self, line: BillingLineItem, dims: dict[str, str]) -> list[ChargebackRow]:
         amount = line.total_cost
-        if not isinstance(amount, Decimal):
-            raise AllocationError(f"total_cost {amount!r} is a {type(amount).__name__}, not a Decimal")
+        if not isinstance(amount, Decimal) or not amount.is_finite() or amount != amount.quantize(QUANTUM):
+            raise AllocationError(f"total_cost {amount!r} is not a Decimal with at most 4 decimal places")
         if amount == 0:
             return []
         handler = self.dispatch.handler_for(line.product_type)
@@ -435,6 +460,9 @@ class _DateRun:
     def row(
         self, line: BillingLineItem, identity: str, amount: Decimal, method: str, detail: str
     ) -> ChargebackRow:
+        """A core-written row (inactive share, failure). Shown with exactly 4 decimals, value unchanged."""
+        if isinstance(amount, Decimal) and amount.is_finite() and amount == amount.quantize(QUANTUM):
+            amount = amount.quantize(QUANTUM)
         return ChargebackRow(
             line.ecosystem,
             line.tenant_id,
@@ -489,8 +517,8 @@ def calculate_date(
         outcomes, pending, failed_final = _allocate_all(run, lines)
         if pending:
             raise PendingAllocationError(billing_date, pending)
-        rows, stats = _merge(outcomes, run.extra)
-    stats.allocation_failed_count = len(failed_final)
+        rows = _merge(outcomes, run.extra)
+        stats = _stats(outcomes, rows, len(failed_final))
     _verify_totals(stats, billing_date)
     succeeded = [o.key for o in outcomes if o.key not in failed_final]
     return DateCalculation(
@@ -556,23 +584,20 @@ def _allocate_all(
     return outcomes, pending, failed_final
 
 
-def _merge(
-    outcomes: list[_LineOutcome], extra: tuple[str, ...]
-) -> tuple[list[ChargebackRow], CalculationStats]:
+def _merge(outcomes: list[_LineOutcome], extra: tuple[str, ...]) -> list[ChargebackRow]:
     """Set dimensions, sum equal dimension keys, drop zeros, sort by dimension key.
 
-    The dimension key is ``line part + row part``; grouping by the line part first means
-    the big sort is over lines, and each group's sort is over its ~40 rows. ``CostType``
-    is a ``StrEnum``, so it orders exactly like its string value. The rows of one line
-    share one ``dimensions`` dict (a memory saving at ~800k rows); treat it as read-only.
+    The dimension key is ``line part + row part + dimensions``. Rows are grouped by the
+    line part, so the big sort is over lines and each group's sort over its ~40 rows;
+    the dimension values close the row part as one nested tuple, which orders exactly
+    like the flat key. ``CostType`` is a ``StrEnum``, so it orders like its value. The
+    rows of one line share one ``dimensions`` dict (memory at ~800k rows): read-only.
     """
-    stats = CalculationStats(line_count=len(outcomes))
     groups: dict[tuple[Any, ...], dict[tuple[Any, ...], ChargebackRow]] = {}
     for outcome in outcomes:
-        line = outcome.line
-        stats.billing_total += line.total_cost
         if not outcome.rows:
             continue
+        line = outcome.line
         prefix = (
             line.ecosystem,
             line.tenant_id,
@@ -591,41 +616,37 @@ def _merge(
                 row.cost_type,
                 row.allocation_method or "",
                 row.allocation_detail or "",
-                *dim_values,
+                dim_values,
             )
             existing = group.get(suffix)
             if existing is None:
                 group[suffix] = row
             else:
-                group[suffix] = replace(
-                    existing, amount=existing.amount + row.amount, metadata=dict(existing.metadata)
-                )
-    return _ordered_rows(groups, stats), stats
-
-
-def _ordered_rows(
-    groups: dict[tuple[Any, ...], dict[tuple[Any, ...], ChargebackRow]], stats: CalculationStats
-) -> list[ChargebackRow]:
+                total = existing.amount + row.amount
+                group[suffix] = replace(existing, amount=total, metadata=dict(existing.metadata))
     out: list[ChargebackRow] = []
-    by_detail = stats.totals_by_detail
-    allocated = unallocated = ZERO
     for prefix in sorted(groups):
-        group = groups[prefix]
-        for suffix in sorted(group):
-            row = group[suffix]
-            amount = row.amount
-            if amount == 0:
-                continue
-            out.append(row)
-            allocated += amount
-            detail = row.allocation_detail or ""
-            by_detail[detail] = by_detail.get(detail, ZERO) + amount
-            if row.identity_id == UNALLOCATED:
-                unallocated += amount
-    stats.row_count = len(out)
-    stats.allocated_total = allocated
-    stats.unallocated_total = unallocated
+        out.extend([row for _, row in sorted(groups[prefix].items()) if row.amount])
     return out
+
+
+def _stats(outcomes: list[_LineOutcome], rows: list[ChargebackRow], failed: int) -> CalculationStats:
+    by_detail: dict[str, Decimal] = {}
+    unallocated = ZERO
+    for row in rows:
+        detail = row.allocation_detail or ""
+        by_detail[detail] = by_detail.get(detail, ZERO) + row.amount
+        if row.identity_id == UNALLOCATED:
+            unallocated += row.amount
+    return CalculationStats(
+        line_count=len(outcomes),
+        row_count=len(rows),
+        billing_total=sum((o.line.total_cost for o in outcomes), ZERO),
+        allocated_total=sum((row.amount for row in rows), ZERO),
+        unallocated_total=unallocated,
+        totals_by_detail=by_detail,
+        allocation_failed_count=failed,
+    )
 
 
 def _verify_totals(stats: CalculationStats, billing_date: date) -> None:

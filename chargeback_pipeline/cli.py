@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a config problem: still one line; details at DEBUG
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _config_file(args: argparse.Namespace) -> str | None:
@@ -118,6 +122,7 @@ def _check(args: argparse.Namespace) -> int:
     today = clock.utc_now().date()
     print(f"config: {loaded.path}")
     print(f"today (UTC): {today.isoformat()}")
+    print(f"schedule: {_schedule(loaded)}")
     for name, tenant in loaded.tenants.items():
         _describe_tenant(name, tenant, today)
     for name, errors in loaded.tenant_errors.items():
@@ -129,6 +134,16 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print(VALID_MESSAGE)
     return 0
+
+
+def _schedule(loaded: LoadedConfig) -> str:
+    features = loaded.settings.features
+    if not features.enable_periodic_refresh:
+        return "periodic refresh disabled (manual runs only)"
+    return (
+        f"refresh every {features.refresh_interval} s, "
+        f"at most {features.max_parallel_tenants} tenant(s) in parallel"
+    )
 
 
 def _describe_tenant(name: str, tenant: TenantConfig, today: date) -> None:

@@ -738,16 +738,19 @@ class _TenantLoader:
             return None
         self._resolve_output_dirs(plugin_raw)
         tenant = self._model(substituted, plugin_raw, issues)
-        ecosystem = substituted.get("ecosystem")
-        secret_patterns = self._plugin_checks(ecosystem, plugin_raw, issues)
+        secret_patterns = self._plugin_checks(substituted.get("ecosystem"), plugin_raw, issues)
+        base = tenant.plugin_settings if tenant is not None else _base_settings(plugin_raw)
+        if base is not None:
+            issues.extend(emitter_spec_issues(base.emitters))
+            issues.extend(override_issues(base))
         if tenant is None or issues:
             return None
-        self._finish(name, tenant, issues)
+        self._finish(name, tenant)
         paths = secret_paths(plugin_raw, secret_patterns)
         warnings.extend(self._literal_secret_warnings(name, paths, placeholders))
         warnings.extend(self._step_warning(name, tenant))
         tenant._secret_paths = paths
-        return None if issues else tenant
+        return tenant
 
     def _model(
         self, substituted: dict[str, Any], plugin_raw: dict[str, Any], issues: list[tuple[str, str]]
@@ -794,12 +797,10 @@ class _TenantLoader:
             return model_secret_patterns(model)
         return []
 
-    def _finish(self, name: str, tenant: TenantConfig, issues: list[tuple[str, str]]) -> None:
+    def _finish(self, name: str, tenant: TenantConfig) -> None:
         tenant._name = name
         default = Path("data") / f"{name}.duckdb"
         tenant.storage.path = (self.config_dir / (tenant.storage.path or default).expanduser()).resolve()
-        issues.extend(emitter_spec_issues(tenant.plugin_settings.emitters))
-        issues.extend(override_issues(tenant.plugin_settings))
 
     def _literal_secret_warnings(
         self, name: str, paths: frozenset[KeyPath], placeholders: set[KeyPath]
@@ -853,6 +854,15 @@ def _shadowed(issues: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent + ".")
+
+
+def _base_settings(plugin_raw: dict[str, Any]) -> PluginSettingsBase | None:
+    """The common plugin fields on their own, so emitter and override checks still run
+    (and report) when another part of the tenant is invalid."""
+    try:
+        return PluginSettingsBase.model_validate(plugin_raw)
+    except ValidationError:
+        return None
 
 
 def _plugin_settings_raw(substituted: dict[str, Any], issues: list[tuple[str, str]]) -> dict[str, Any] | None:

@@ -215,6 +215,7 @@ def test_calculate_date_properties(
     per_line: dict[tuple[str, str], list[Decimal]] = defaultdict(list)
     for row in first.rows:
         assert row.amount != 0
+        assert row.amount.as_tuple().exponent == -4
         per_line[(row.resource_id or "", row.product_type)].append(row.amount)
     for line in lines:
         parts = per_line.get((line.resource_id, line.product_type), [])

@@ -512,6 +512,33 @@ def test_amounts_with_fewer_decimals_are_normalised() -> None:
     assert str(result.rows[0].amount) == "10.0000"
 
 
+@pytest.mark.parametrize("total", [D("1.00005"), D("NaN"), 1.5])
+def test_line_total_must_be_a_4dp_decimal(total: Any) -> None:
+    bad = CCLine("confluent_cloud", "acme", S, "lkc-k1", "KAFKA", "KAFKA_NUM_CKU", D(1), D(1), total)
+    with pytest.raises(PendingAllocationError, match="not a Decimal with at most 4 decimal places"):
+        run([bad])
+
+
+def test_core_rows_have_exactly_four_decimals() -> None:
+    def broken(*args: Any) -> IdentityResolution:
+        raise RuntimeError("down")
+
+    dispatch = FakeDispatch(
+        standard_handler({"lkc-k1": (["a"], [])}),
+        allocation_retry_limit=1,
+        resolver_overrides={"KAFKA_NUM_CKU": broken},
+    )
+    store = FakeStore([cluster(created_at=S + timedelta(hours=12))])
+    ten = CCLine("confluent_cloud", "acme", S, "lkc-k1", "KAFKA", "KAFKA_NETWORK_READ", D(1), D(1), D(10))
+    failing = CCLine("confluent_cloud", "acme", S, "lkc-k1", "KAFKA", "KAFKA_NUM_CKU", D(1), D(1), D(7))
+    result = run([ten, failing], dispatch=dispatch, store=store)
+    assert [(r.allocation_detail, str(r.amount)) for r in result.rows] == [
+        ("RESOURCE_INACTIVE", "5.0000"),
+        ("no_metrics_located", "5.0000"),
+        ("ALLOCATION_FAILED", "7.0000"),
+    ]
+
+
 def test_unknown_granularity_fails_the_line() -> None:
     tracker = FakeTracker()
     with pytest.raises(PendingAllocationError, match="unknown billing granularity 'weekly'"):

@@ -4,11 +4,12 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_storage_support import D1, ECO, T1, TENANT, EnvLine, EnvStorageModule, env_line, line
 
-from chargeback_pipeline.storage import TenantDatabase, open_tenant_db
+from chargeback_pipeline.storage import TenantDatabase, billing, open_tenant_db
 
 
 @pytest.fixture
@@ -30,7 +31,9 @@ def test_merge_sums_raw_amounts_then_quantises_once(db: TenantDatabase) -> None:
     assert stored.metadata == {"merged_lines": 3, "raw_total_cost": "0.360628"}
 
 
-def test_merge_with_different_unit_prices_sets_price_zero_and_keeps_first_metadata(db: TenantDatabase) -> None:
+def test_merge_with_different_unit_prices_sets_price_zero_and_keeps_first_metadata(
+    db: TenantDatabase,
+) -> None:
     db.billing.replace_date(
         D1,
         [
@@ -47,7 +50,9 @@ def test_merge_with_different_unit_prices_sets_price_zero_and_keeps_first_metada
 
 
 def test_single_line_quantised_keeps_raw_total_and_exact_strings(db: TenantDatabase) -> None:
-    db.billing.replace_date(D1, [line("0.2440000000000000074505805969", quantity="0.000001", unit_price="1E-7")])
+    db.billing.replace_date(
+        D1, [line("0.2440000000000000074505805969", quantity="0.000001", unit_price="1E-7")]
+    )
     [stored] = db.billing.find_by_date(D1)
     assert stored.total_cost == Decimal("0.2440")
     assert stored.metadata == {"raw_total_cost": "0.2440000000000000074505805969"}
@@ -123,6 +128,23 @@ def test_re_replace_with_same_lines_is_identical(db: TenantDatabase) -> None:
     assert db.billing.fingerprint(D1) == fingerprint
 
 
+def test_failure_mid_replace_keeps_previous_lines(
+    db: TenantDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.billing.replace_date(D1, [line("1", resource_id="a"), line("2", resource_id="b")])
+    before = db.billing.find_by_date(D1)
+    original = billing.insert_frame
+
+    def insert_then_fail(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(billing, "insert_frame", insert_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        db.billing.replace_date(D1, [line("9", resource_id="c")])
+    assert db.billing.find_by_date(D1) == before
+
+
 def test_empty_replace_keeps_stored_lines(db: TenantDatabase) -> None:
     db.billing.replace_date(D1, [line("1"), line("2", resource_id="x")])
     result = db.billing.replace_date(D1, [])
@@ -141,7 +163,10 @@ def test_find_by_date_orders_by_natural_key(db: TenantDatabase) -> None:
             line("1", resource_id="Z"),
         ],
     )
-    keys = [(x.timestamp.hour, x.resource_id, x.product_type, x.product_category) for x in db.billing.find_by_date(D1)]
+    keys = [
+        (x.timestamp.hour, x.resource_id, x.product_type, x.product_category)
+        for x in db.billing.find_by_date(D1)
+    ]
     assert keys == [
         (0, "Z", "KAFKA_NUM_CKU", "KAFKA"),
         (0, "z", "A", "x"),
@@ -176,7 +201,7 @@ def test_dates_lists_stored_dates(db: TenantDatabase) -> None:
 
 
 def test_datetime_instead_of_date_is_refused(db: TenantDatabase) -> None:
-    with pytest.raises(TypeError, match="must be a datetime.date"):
+    with pytest.raises(TypeError, match=r"must be a datetime\.date"):
         db.billing.find_by_date(T1)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, line, row
 
 from chargeback_pipeline.errors import StorageError
@@ -27,7 +29,9 @@ def db(tmp_path: Path) -> Iterator[TenantDatabase]:
 def sample_rows() -> list[ChargebackRow]:
     return [
         row("sa-2", "1.2345"),
-        row("sa-1", "-0.0001", cost_type=CostType.SHARED, method="even_split", detail="even_split_allocation"),
+        row(
+            "sa-1", "-0.0001", cost_type=CostType.SHARED, method="even_split", detail="even_split_allocation"
+        ),
         row("UNALLOCATED", "3", resource_id=None, method=None, detail=None, cost_type=CostType.SHARED),
         row("sa-1", "10.5", ts=T1 + timedelta(hours=1)),
     ]
@@ -67,8 +71,9 @@ def test_invalid_rows_are_refused_and_previous_rows_kept(db: TenantDatabase) -> 
     db.chargebacks.replace_date(D1, sample_rows(), "calc-1")
     cases: list[tuple[list[ChargebackRow], type[Exception], str]] = [
         ([row("a", "0.00001")], ValueError, "more than 4 decimal places"),
+        ([row("a", "NaN")], ValueError, "non-finite"),
         ([row("a", "1"), row("a", "2")], ValueError, "more than once; merge them first"),
-        ([row("a", "1", ts=T2)], ValueError, "is dated 2026-03-02"),
+        ([row("a", "1", ts=T2)], ValueError, "include a row dated 2026-03-02"),
         ([row("", "1")], ValueError, "empty identity_id"),
         ([row("a", "1", dimensions={"env_id": "e"})], ValueError, "not extra key fields"),
         ([row("a", "1", ts=datetime(2026, 3, 1))], ValueError, "timezone-aware"),
@@ -127,7 +132,7 @@ def test_line_totals_full_outer_join(db: TenantDatabase) -> None:
         D1,
         [
             row("x", "1", resource_id="a"),
-            row("y", "0.5", resource_id="a"),
+            row("y", "0.4", resource_id="a"),
             row("x", "1.9999", resource_id="b"),
             row("x", "4", resource_id="orphan"),
         ],
@@ -135,7 +140,11 @@ def test_line_totals_full_outer_join(db: TenantDatabase) -> None:
     )
     totals = {t.key[3]: t for t in db.chargebacks.line_totals(D1)}
     assert [t.key[3] for t in db.chargebacks.line_totals(D1)] == ["a", "b", "lkc-1", "orphan"]
-    assert (totals["a"].billed, totals["a"].allocated, totals["a"].row_count) == (Decimal("1.5"), Decimal(2), 2)
+    assert (totals["a"].billed, totals["a"].allocated, totals["a"].row_count) == (
+        Decimal("1.5"),
+        Decimal("1.4"),
+        2,
+    )
     assert not totals["a"].balanced
     assert (totals["b"].billed, totals["b"].allocated) == (Decimal("2.0000"), Decimal("1.9999"))
     assert (totals["lkc-1"].billed, totals["lkc-1"].allocated, totals["lkc-1"].row_count) == (0, 0, 0)
@@ -148,7 +157,11 @@ def test_date_totals_and_precision(db: TenantDatabase) -> None:
     db.billing.replace_date(D1, [line("1.5", resource_id="a"), line("2.25", resource_id="b")])
     db.chargebacks.replace_date(
         D1,
-        [row("x", "1.5", resource_id="a"), row("UNALLOCATED", "2.2", resource_id="b"), row("y", "0.05", resource_id="b")],
+        [
+            row("x", "1.5", resource_id="a"),
+            row("UNALLOCATED", "2.2", resource_id="b"),
+            row("y", "0.05", resource_id="b"),
+        ],
         "c",
     )
     totals = db.chargebacks.date_totals(D1)
@@ -217,8 +230,29 @@ def test_extra_dimensions_are_stored_keyed_and_aggregated(tmp_path: Path) -> Non
             ({"env_id": "env-a"}, Decimal("5.0000")),
             ({"env_id": "env-b"}, Decimal("1.0000")),
         ]
-        db.billing.replace_date(D1, [])
-        assert [t.key[-1] for t in db.chargebacks.line_totals(D1)] == ["env-a", "env-b"]
+        keys = [(t.key[2].hour, t.key[-1], t.billed, t.allocated) for t in db.chargebacks.line_totals(D1)]
+        assert keys == [
+            (0, "env-a", None, Decimal("2.0000")),
+            (0, "env-b", None, Decimal("1.0000")),
+            (2, "env-a", None, Decimal("3.0000")),
+        ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1).map(lambda u: Decimal(u).scaleb(-4)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_amounts_round_trip_exactly(db: TenantDatabase, amounts: list[Decimal]) -> None:
+    rows = [row(f"id-{i:02d}", str(a)) for i, a in enumerate(amounts)]
+    db.chargebacks.replace_date(D1, rows, "c")
+    stored = db.chargebacks.find_by_date(D1)
+    assert [r.amount for r in stored] == amounts
+    assert all(r.amount.as_tuple().exponent == -4 for r in stored)
+    assert db.chargebacks.date_totals(D1).allocated == sum(amounts, Decimal(0))
 
 
 def test_800k_rows_replace_timing(db: TenantDatabase) -> None:
@@ -251,7 +285,9 @@ def test_800k_rows_replace_timing(db: TenantDatabase) -> None:
     started = time.perf_counter()
     read = db.chargebacks.find_by_date(D1)
     reading = time.perf_counter() - started
-    print(f"\n800k chargeback rows: replace {first:.2f}s, re-replace {second:.2f}s, find_by_date {reading:.2f}s")
+    print(
+        f"\n800k chargeback rows: replace {first:.2f}s, re-replace {second:.2f}s, find_by_date {reading:.2f}s"
+    )
     assert len(read) == n
     assert db.chargebacks.date_totals(D1).allocated == expected_total
     assert read[0].identity_id == "sa-000" and read[0].resource_id == "lkc-0"

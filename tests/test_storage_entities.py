@@ -83,7 +83,11 @@ def test_metadata_filter_is_key_value_equality(db: TenantDatabase) -> None:
         ]
     )
     assert [r.resource_id for r in db.resources.find_by_period(S, E, metadata_filter={"env": "e1"})] == ["a"]
-    assert [r.resource_id for r in db.resources.find_by_period(S, E, None, {"cloud": "aws"})] == ["a", "b", "c"]
+    assert [r.resource_id for r in db.resources.find_by_period(S, E, None, {"cloud": "aws"})] == [
+        "a",
+        "b",
+        "c",
+    ]
     assert db.resources.find_by_period(S, E, None, {"env": None}) == []
 
 
@@ -108,7 +112,9 @@ def test_round_trip_of_every_resource_field(db: TenantDatabase) -> None:
         last_seen_at=seen,
         metadata={"cloud": "aws", "region": "eu-west-1", "nested": {"n": 1}},
     )
-    cloud_region = db.conn.execute("SELECT cloud, region FROM resources WHERE resource_id = 'lkc-1'").fetchone()
+    cloud_region = db.conn.execute(
+        "SELECT cloud, region FROM resources WHERE resource_id = 'lkc-1'"
+    ).fetchone()
     assert cloud_region == ("aws", "eu-west-1")
 
 
@@ -146,7 +152,10 @@ def test_unallocated_exists_and_system_type_can_be_excluded(db: TenantDatabase) 
     db.identities.upsert_many([ident("sa-2"), ident("u-1", "user", created_at=S + timedelta(hours=1))])
     assert [i.identity_id for i in db.identities.find_active_at(S)] == ["UNALLOCATED", "sa-2"]
     assert [i.identity_id for i in db.identities.find_by_period(S, E)] == ["UNALLOCATED", "sa-2", "u-1"]
-    assert [i.identity_id for i in db.identities.find_by_period(S, E, include_system=False)] == ["sa-2", "u-1"]
+    assert [i.identity_id for i in db.identities.find_by_period(S, E, include_system=False)] == [
+        "sa-2",
+        "u-1",
+    ]
     assert [i.identity_id for i in db.identities.find_active_at(S, ["user"])] == []
     assert [i.identity_id for i in db.identities.find_by_period(S, E, ["user"])] == ["u-1"]
 

@@ -84,7 +84,7 @@ class EnvLine(BillingLineItem):
 
 
 class EnvStorageModule(CoreStorageModule):
-    extra_key_fields = ("env_id",)
+    extra_key_fields: tuple[str, ...] = ("env_id",)
     billing_line_type = EnvLine
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from operator import attrgetter, ne
 from typing import Any, Literal
 
 import duckdb
@@ -23,9 +24,9 @@ from chargeback_pipeline.storage.codec import (
     epoch_us,
     frame,
     from_epoch_us,
+    gc_paused,
     insert_frame,
     key_in,
-    money_units,
     quoted,
     require_date,
     ts_in,
@@ -36,7 +37,35 @@ from chargeback_pipeline.storage.transactions import atomic
 Bucket = Literal["day", "month"]
 COST_TYPES = frozenset(str(c) for c in CostType)
 _STRING_KEY = tuple(name for name in CHARGEBACK_KEY if name != "timestamp")
+_COST_TYPE_TEXT: dict[object, str] = {c: str(c) for c in CostType}
 MONEY_ZERO = "CAST(0 AS DECIMAL(38,4))"
+
+
+def _units(d: date, rows: Sequence[ChargebackRow]) -> np.ndarray[Any, Any]:
+    """Amounts as exact int64 ten-thousandths; the per-row work is kept to bare Decimal ops
+    because this runs for every row of every calculated date."""
+    try:
+        scaled = [a.scaleb(4) for a in map(attrgetter("amount"), rows)]
+    except AttributeError:
+        bad = next(r for r in rows if not isinstance(r.amount, Decimal))
+        raise TypeError(
+            f"chargeback row {bad.resource_id}/{bad.identity_id} of {d}: amount must be a Decimal, "
+            f"got {type(bad.amount).__name__}"
+        ) from None
+    try:
+        units = list(map(int, scaled))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"chargeback amounts of {d} include a non-finite value: {exc}") from exc
+    if any(map(ne, scaled, units)):
+        bad = next(r for r, s, u in zip(rows, scaled, units, strict=True) if s != u)
+        raise ValueError(
+            f"chargeback row {bad.resource_id}/{bad.identity_id} of {d}: amount {bad.amount} "
+            "has more than 4 decimal places"
+        )
+    try:
+        return np.array(units, dtype=np.int64)
+    except OverflowError as exc:
+        raise ValueError(f"a chargeback amount of {d} exceeds the storable range") from exc
 
 
 def _one(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
@@ -88,7 +117,8 @@ class ChargebackRepository:
         require_date(d, "billing date")
         if not calculation_id:
             raise ValueError("calculation_id must be a non-empty string")
-        df = self._frame(d, rows) if rows else None
+        with gc_paused():
+            df = self._frame(d, rows) if rows else None
         with atomic(self._conn):
             self._conn.execute("DELETE FROM chargebacks WHERE billing_date = ?", [d])
             if df is not None:
@@ -97,37 +127,40 @@ class ChargebackRepository:
         return len(rows)
 
     def _frame(self, d: date, rows: Sequence[ChargebackRow]) -> Any:
+        def column(name: str) -> list[Any]:
+            return list(map(attrgetter(name), rows))
+
+        def key_column(name: str) -> list[str]:
+            return [value or "" for value in map(attrgetter(name), rows)]
+
         columns: dict[str, Any] = {
-            "ecosystem": [r.ecosystem for r in rows],
-            "tenant_id": [r.tenant_id for r in rows],
+            "ecosystem": column("ecosystem"),
+            "tenant_id": column("tenant_id"),
             "ts_us": self._timestamps(d, rows),
-            "resource_id": [r.resource_id or "" for r in rows],
-            "product_category": [r.product_category for r in rows],
-            "product_type": [r.product_type for r in rows],
-            "identity_id": [r.identity_id for r in rows],
-            "cost_type": [str(r.cost_type) for r in rows],
-            "allocation_method": [r.allocation_method or "" for r in rows],
-            "allocation_detail": [r.allocation_detail or "" for r in rows],
+            "resource_id": key_column("resource_id"),
+            "product_category": column("product_category"),
+            "product_type": column("product_type"),
+            "identity_id": column("identity_id"),
+            "cost_type": [_COST_TYPE_TEXT.get(c) or str(c) for c in column("cost_type")],
+            "allocation_method": key_column("allocation_method"),
+            "allocation_detail": key_column("allocation_detail"),
         }
         self._check_values(d, columns)
         columns.update(self._dimensions(rows))
-        columns["units"] = self._units(d, rows)
+        columns["units"] = _units(d, rows)
         return frame(columns)
 
-    def _timestamps(self, d: date, rows: Sequence[ChargebackRow]) -> np.ndarray[Any, Any]:
-        cache: dict[datetime, int] = {}
-        out = np.empty(len(rows), dtype=np.int64)
-        for i, r in enumerate(rows):
-            us = cache.get(r.timestamp)
-            if us is None:
-                ts = require_utc(r.timestamp, f"chargeback row timestamp ({r.resource_id}, {r.identity_id})")
-                if ts.date() != d:
-                    raise ValueError(
-                        f"chargeback row for {r.resource_id}/{r.identity_id} is dated {ts}, not {d}"
-                    )
-                us = cache[r.timestamp] = epoch_us(ts)
-            out[i] = us
-        return out
+    @staticmethod
+    def _timestamps(d: date, rows: Sequence[ChargebackRow]) -> np.ndarray[Any, Any]:
+        """Epoch microseconds; a date's rows share few timestamps, so each is checked once."""
+        stamps = list(map(attrgetter("timestamp"), rows))
+        lookup: dict[datetime, int] = {}
+        for stamp in set(stamps):
+            ts = require_utc(stamp, f"a chargeback row timestamp of {d}")
+            if ts.date() != d:
+                raise ValueError(f"chargeback rows of {d} include a row dated {ts.isoformat()}")
+            lookup[stamp] = epoch_us(ts)
+        return np.array([lookup[stamp] for stamp in stamps], dtype=np.int64)
 
     @staticmethod
     def _check_values(d: date, columns: dict[str, Any]) -> None:
@@ -146,22 +179,6 @@ class ChargebackRepository:
                 f"{self.extra_key_fields}; they would not be stored"
             )
         return {name: [r.dimensions.get(name) or "" for r in rows] for name in self.extra_key_fields}
-
-    @staticmethod
-    def _units(d: date, rows: Sequence[ChargebackRow]) -> np.ndarray[Any, Any]:
-        units = []
-        for r in rows:
-            if not isinstance(r.amount, Decimal):
-                raise TypeError(
-                    f"chargeback row {r.resource_id}/{r.identity_id} of {d}: amount must be a Decimal, "
-                    f"got {type(r.amount).__name__}"
-                )
-            what = f"chargeback row {r.resource_id}/{r.identity_id} of {d} amount"
-            units.append(money_units(r.amount, what))
-        try:
-            return np.array(units, dtype=np.int64)
-        except OverflowError as exc:
-            raise ValueError(f"a chargeback amount of {d} exceeds the storable range") from exc
 
     def _insert_sql(self) -> str:
         names = (*_STRING_KEY, *self.extra_key_fields)
@@ -188,36 +205,39 @@ class ChargebackRepository:
         """The date's rows ordered by dimension key; amounts have exactly 4 decimal places."""
         require_date(d, "billing date")
         names = (*_STRING_KEY, *self.extra_key_fields)
-        rows = self._conn.execute(
-            f'SELECT epoch_us("timestamp"), {quoted(names)}, CAST(amount * 10000 AS BIGINT) '
-            f"FROM chargebacks WHERE billing_date = ? ORDER BY {self._order}",
-            [d],
-        ).fetchall()
-        return self._rows(rows)
+        with gc_paused():
+            rows = self._conn.execute(
+                f'SELECT epoch_us("timestamp"), {quoted(names)}, CAST(amount AS VARCHAR) '
+                f"FROM chargebacks WHERE billing_date = ? ORDER BY {self._order}",
+                [d],
+            ).fetchall()
+            return self._rows(rows)
 
     def _rows(self, rows: list[tuple[Any, ...]]) -> list[ChargebackRow]:
         ts_cache: dict[int, datetime] = {}
         cost_types = {str(c): c for c in CostType}
         extra = self.extra_key_fields
-        out = []
+        out: list[ChargebackRow] = []
+        append = out.append
         for r in rows:
             ts = ts_cache.get(r[0])
             if ts is None:
                 ts = ts_cache[r[0]] = from_epoch_us(r[0])
-            out.append(
+            append(
                 ChargebackRow(
-                    ecosystem=r[1],
-                    tenant_id=r[2],
-                    timestamp=ts,
-                    resource_id=r[3] or None,
-                    product_category=r[4],
-                    product_type=r[5],
-                    identity_id=r[6],
-                    cost_type=cost_types[r[7]],
-                    amount=Decimal(r[-1]).scaleb(-4),
-                    allocation_method=r[8] or None,
-                    allocation_detail=r[9] or None,
-                    dimensions=dict(zip(extra, r[10:-1], strict=True)),
+                    r[1],  # ecosystem
+                    r[2],  # tenant_id
+                    ts,
+                    r[3] or None,  # resource_id
+                    r[4],  # product_category
+                    r[5],  # product_type
+                    r[6],  # identity_id
+                    cost_types[r[7]],
+                    Decimal(r[-1]),  # exact text of DECIMAL(38,4): always 4 decimal places
+                    r[8] or None,  # allocation_method
+                    r[9] or None,  # allocation_detail
+                    dict(zip(extra, r[10:-1], strict=True)) if extra else {},
+                    {},
                 )
             )
         return out

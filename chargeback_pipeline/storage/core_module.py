@@ -10,7 +10,7 @@ plugin's own class::
         env_id: str = ""
 
     class CCloudStorageModule(CoreStorageModule):
-        extra_key_fields = ("env_id",)
+        extra_key_fields: tuple[str, ...] = ("env_id",)
         billing_line_type = CCloudBillingLine
 
 Plugin-owned tables go in an overridden ``register_tables`` (called after the core
