@@ -157,12 +157,20 @@ class CalculationStats:
         return {
             "line_count": self.line_count,
             "row_count": self.row_count,
-            "billing_total": str(self.billing_total),
-            "allocated_total": str(self.allocated_total),
-            "unallocated_total": str(self.unallocated_total),
-            "totals_by_detail": {k: str(v) for k, v in sorted(self.totals_by_detail.items())},
+            "billed_total": f"{self.billing_total:.4f}",
+            "allocated_total": f"{self.allocated_total:.4f}",
+            "unallocated_total": f"{self.unallocated_total:.4f}",
+            "unallocated_share": _share(self.unallocated_total, self.billing_total),
+            "totals_by_detail": {k: f"{v:.4f}" for k, v in sorted(self.totals_by_detail.items())},
             "allocation_failed_count": self.allocation_failed_count,
         }
+
+
+def _share(part: Decimal, whole: Decimal) -> str:
+    """``part`` as a percentage of ``whole`` with two decimals ("0.00%" when nothing was billed)."""
+    if whole == 0:
+        return "0.00%"
+    return f"{(part * 100 / whole).quantize(Decimal('0.01'))}%"
 
 
 @dataclass(slots=True)

@@ -63,7 +63,6 @@ def build_definitions(config_path: Path) -> dg.Definitions:
     pipeline_job = dg.define_asset_job(
         PIPELINE_JOB,
         selection=dg.AssetSelection.all(),
-        partitions_def=partitions_def,
         description="Every lifecycle step for a tenant and billing date: gather → allocate → emit.",
     )
     return dg.Definitions(

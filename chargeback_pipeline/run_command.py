@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -24,6 +25,10 @@ from chargeback_pipeline.config import LoadedConfig, load_config
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
+
+
+# The run's events go to the instance (and the UI); the terminal gets our one-line progress.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 @dataclass
@@ -43,6 +48,8 @@ class TenantTotals:
 
 
 def run(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     try:
         config_path = Path(args.config).resolve() if args.config else resolve_config_path()
         loaded = load_config(config_path)
@@ -106,7 +113,11 @@ def _instance() -> dg.DagsterInstance:
 def _run_partition(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant: str, d: date, totals: TenantTotals) -> None:
     started = time.monotonic()
     result = job.execute_in_process(
-        partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False, tags={"tenant": tenant}
+        partition_key=partition_key(tenant, d),
+        instance=instance,
+        raise_on_error=False,
+        tags={"tenant": tenant},
+        run_config=QUIET_CONSOLE,
     )
     elapsed = time.monotonic() - started
     if not result.success:

@@ -8,6 +8,7 @@ failed step leaves the partition exactly as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections import defaultdict
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from chargeback_pipeline.calculation import UsageGroup, calculate_date
@@ -420,7 +422,7 @@ def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, A
     if not state.chargeback_calculated:
         raise RuntimeError(f"tenant '{session.name}': {d} has no committed chargebacks to emit")
     backend = db.storage_backend()
-    bucket_start, bucket_end = aggregation.bucket_range(spec.aggregation, d)
+    bucket_start, bucket_end = aggregation.bucket_range(d, spec.aggregation)
     if spec.aggregation in ("daily", "monthly"):
         rows = backend.chargebacks_aggregated(bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day")
     else:
@@ -440,7 +442,7 @@ def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, A
         "emitter_type": spec.type,
         "rows": len(rows),
         "calculation_id": state.calculation_id,
-        **getattr(emitter, "last_output", {}),
+        **_output_metadata(getattr(emitter, "last_output", None)),
     }
 
 
@@ -453,6 +455,16 @@ def session_emitter_context(session: TenantSession) -> registry.EmitterContext:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _output_metadata(output: object) -> dict[str, Any]:
+    """What an emitter reports it wrote (path, rows, bytes), as plain metadata values."""
+    if output is None:
+        return {}
+    fields = dataclasses.asdict(output) if dataclasses.is_dataclass(output) and not isinstance(output, type) else output
+    if not isinstance(fields, dict):
+        return {}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None}
 
 
 def money(value: Decimal) -> str:

@@ -805,9 +805,10 @@ def test_stats() -> None:
     assert stats.as_metadata() == {
         "line_count": 3,
         "row_count": 3,
-        "billing_total": "8.0000",
+        "billed_total": "8.0000",
         "allocated_total": "8.0000",
         "unallocated_total": "3.0000",
+        "unallocated_share": "37.50%",
         "totals_by_detail": {
             "RESOURCE_INACTIVE": "5.0000",
             "UNKNOWN_PRODUCT_TYPE": "-2.0000",

@@ -1,6 +1,5 @@
 """The chargebacks asset and the reconciliation check that guards it."""
 
-from __future__ import annotations
 
 from typing import Any
 
@@ -8,6 +7,7 @@ import dagster as dg
 
 from chargeback_pipeline import steps
 from chargeback_pipeline.defs.partitions import dates_by_tenant
+from chargeback_pipeline.models import ZERO
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
 from chargeback_pipeline.defs.stepping import per_date, run_step
 from chargeback_pipeline.steps import TenantSession, money
@@ -60,7 +60,7 @@ def build_allocate_assets(
 def reconcile(session: TenantSession, d: Any) -> dict[str, Any]:
     """Compare billed and allocated totals per line and for the date (operations.md §7 checks)."""
     chargebacks = session.db.chargebacks
-    mismatches = [t for t in chargebacks.line_totals(d) if t.billed != t.allocated]
+    mismatches = [t for t in chargebacks.line_totals(d) if not t.balanced]
     totals = chargebacks.date_totals(d)
     passed = not mismatches and totals.billed == totals.allocated
     return {
@@ -70,7 +70,7 @@ def reconcile(session: TenantSession, d: Any) -> dict[str, Any]:
         "unallocated_total": money(totals.unallocated),
         "mismatched_lines": len(mismatches),
         "first_mismatches": "; ".join(
-            f"{t.key}: billed {money(t.billed)} allocated {money(t.allocated)}" for t in mismatches[:MAX_LISTED_LINES]
+            f"{t.key}: billed {money(t.billed or ZERO)} allocated {money(t.allocated)}" for t in mismatches[:MAX_LISTED_LINES]
         )
         or "none",
     }

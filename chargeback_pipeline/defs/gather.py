@@ -1,6 +1,5 @@
 """Gather assets: billing lines, inventory, deletion detection and usage metrics."""
 
-from __future__ import annotations
 
 from datetime import date
 from typing import Any

@@ -56,7 +56,7 @@ class ChargebackConfig(dg.ConfigurableResource):
 class PluginRuntimes(dg.ConfigurableResource):
     """One initialised plugin per tenant for the whole run; ``close()`` at teardown."""
 
-    config: dg.ResourceDependency[ChargebackConfig]
+    config: ChargebackConfig
 
     _stack: contextlib.ExitStack = PrivateAttr(default_factory=contextlib.ExitStack)
     _runtimes: dict[str, TenantRuntime] = PrivateAttr(default_factory=dict)
@@ -76,7 +76,7 @@ class PluginRuntimes(dg.ConfigurableResource):
 class TenantStorage(dg.ConfigurableResource):
     """Each tenant's DuckDB file, opened under a per-tenant lock for the length of one step."""
 
-    config: dg.ResourceDependency[ChargebackConfig]
+    config: ChargebackConfig
     lock_timeout_seconds: float = 3600.0
 
     @contextlib.contextmanager
@@ -84,7 +84,7 @@ class TenantStorage(dg.ConfigurableResource):
         tenant = self.config.tenant(tenant_name)
         runtime = runtimes.for_tenant(tenant_name)
         with open_tenant_db(
-            Path(tenant.storage.path),
+            tenant.storage_path,
             ecosystem=runtime.ecosystem,
             tenant_id=runtime.tenant_id,
             storage_module=runtime.storage_module,

@@ -112,7 +112,7 @@ class GenericMetricsSettings(PluginSettingsBase):
     cluster_id: str = Field(min_length=1)
     display_name: str | None = None
     metrics: dict[str, Any] | None = None
-    identity_source: IdentitySource = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    identity_source: IdentitySource = Field(default_factory=dict, validate_default=True)
     cost_types: list[CostType] = Field(min_length=1)
 
     @field_validator("cost_types")

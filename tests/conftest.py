@@ -1,0 +1,37 @@
+"""Shared fixtures: a copy of the bundled demo configuration under a fixed clock."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chargeback_pipeline.loader import clear_discovery_cache
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "examples" / "demo" / "config.yaml"
+EXAMPLE_PLUGINS = REPO / "examples" / "plugins"
+
+# With lookback 8 and cutoff 1 the demo's refresh window is 2026-03-01 .. 2026-03-07.
+FROZEN_NOW = "2026-03-09T06:00:00Z"
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("CHARGEBACK_NOW", FROZEN_NOW)
+    for name in ("CHARGEBACK_CONFIG", "CHARGEBACK_ENV_FILE", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    clear_discovery_cache()
+    yield FROZEN_NOW
+    clear_discovery_cache()
+
+
+@pytest.fixture
+def demo_config(tmp_path: Path, frozen_clock: str) -> Path:
+    """The demo config copied into a temporary directory (stores and CSVs land beside it)."""
+    target = tmp_path / "demo" / "config.yaml"
+    target.parent.mkdir()
+    shutil.copy(DEMO_CONFIG, target)
+    return target
