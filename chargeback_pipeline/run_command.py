@@ -60,26 +60,32 @@ def run(args: argparse.Namespace) -> int:
     instance = _instance()
     job = build_definitions(config_path).resolve_job_def(PIPELINE_JOB)
     print(f"config: {config_path}\ndagster instance: {instance.root_directory or 'ephemeral'}")
+    if loaded.tenant_errors and not args.tenant:
+        print(_excluded(loaded, sorted(loaded.tenant_errors)), file=sys.stderr)
     totals = {tenant: TenantTotals() for tenant in plan}
     for tenant, dates in plan.items():
         print(f"tenant {tenant}: {len(dates)} date(s) {dates[0]} .. {dates[-1]}")
         for d in dates:
             _run_partition(job, instance, tenant, d, totals[tenant])
     _print_summary(totals)
-    return 0 if all(t.dates_failed == 0 for t in totals.values()) else 1
+    failed = any(t.dates_failed for t in totals.values()) or (loaded.tenant_errors and not args.tenant)
+    return 1 if failed else 0
 
 
 def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date]]:
     tenants = list(args.tenant or sorted(loaded.tenants))
     for tenant in tenants:
         if tenant in loaded.tenant_errors:
-            raise ChargebackError(
-                f"tenant '{tenant}' has configuration errors:\n  " + "\n  ".join(loaded.tenant_errors[tenant])
-            )
+            raise ChargebackError(_excluded(loaded, [tenant]))
         if tenant not in loaded.tenants:
-            raise ChargebackError(f"unknown tenant '{tenant}'; configured: {', '.join(sorted(loaded.tenants)) or 'none'}")
+            message = f"unknown tenant '{tenant}'; configured: {', '.join(sorted(loaded.tenants)) or 'none'}"
+            if loaded.tenant_errors:
+                message += "\n" + _excluded(loaded, sorted(loaded.tenant_errors))
+            raise ChargebackError(message)
     if not tenants:
-        raise ChargebackError(f"no valid tenant in {loaded.path}")
+        raise ChargebackError(f"no valid tenant in {loaded.path}" + (
+            "\n" + _excluded(loaded, sorted(loaded.tenant_errors)) if loaded.tenant_errors else ""
+        ))
     today = clock.utc_now().date()
     plan: dict[str, list[date]] = {}
     for tenant in tenants:
@@ -89,6 +95,14 @@ def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date
             clock.check_date_allowed(tenant, settings, d, today)
         plan[tenant] = dates
     return plan
+
+
+def _excluded(loaded: LoadedConfig, tenants: list[str]) -> str:
+    """Configuration errors of tenants that cannot run, one per line."""
+    lines = [f"tenant '{t}' is excluded by configuration errors:" for t in tenants]
+    return "\n".join(
+        line + "".join(f"\n  {error}" for error in loaded.tenant_errors[t]) for line, t in zip(lines, tenants, strict=True)
+    )
 
 
 def _requested_dates(args: argparse.Namespace, window: list[date]) -> list[date]:
