@@ -195,3 +195,44 @@ tenants:
     # The billed total comes from the injected storage backend, not from the rows.
     assert '"billed": "10.0000"' in document
     assert (tmp_path / "out" / "csv" / "tools_2026-03-01.csv").exists()
+
+
+def test_reconciliation_check_fails_when_rows_do_not_sum_to_the_bill(
+    demo_config: Path, instance: dg.DagsterInstance
+) -> None:
+    from types import SimpleNamespace
+
+    import duckdb
+
+    from chargeback_pipeline.defs.allocate import reconcile
+
+    assert materialise(demo_config, instance, "postgres-prod", DAY).success
+    path = demo_config.parent / "data" / "postgres-prod.duckdb"
+    with duckdb.connect(str(path)) as conn:  # tamper: move 0.0001 of one row
+        conn.execute(
+            "UPDATE chargebacks SET amount = amount + 0.0001 "
+            "WHERE identity_id = 'app-audit' AND product_type = 'PG_COMPUTE' AND billing_date = DATE '2026-03-01'"
+        )
+    with open_tenant_db(path, ecosystem="generic_metrics_only", tenant_id="acme-postgres") as db:
+        outcome = reconcile(SimpleNamespace(db=db), DAY)  # type: ignore[arg-type]
+    assert outcome["passed"] is False
+    assert outcome["mismatched_lines"] == 1
+    assert outcome["billed_total"] == "38.1216" and outcome["allocated_total"] == "38.1217"
+    assert "PG_COMPUTE" in outcome["first_mismatches"] and "billed 29.9520 allocated 29.9521" in outcome["first_mismatches"]
+
+
+def test_workspace_loads_for_dagster_dev(demo_config: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CHARGEBACK_CONFIG": str(demo_config), "DAGSTER_HOME": str(demo_config.parent)}
+    (demo_config.parent / "dagster.yaml").write_text((repo / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    dagster = Path(sys.executable).parent / "dagster"
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "All code locations passed validation" in done.stdout + done.stderr
