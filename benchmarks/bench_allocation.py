@@ -339,7 +339,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--lines", type=int, default=20_000)
     parser.add_argument("--identities", type=int, default=2_000)
-    parser.add_argument("--per-line", type=int, default=40, help="average identities per line")
+    parser.add_argument("--per-line", type=int, default=44, help="average identities per line")
     parser.add_argument("--seed", type=int, default=20260301)
     parser.add_argument("--sample", type=int, default=500, help="lines recomputed by the reference rules")
     parser.add_argument("--no-commit", action="store_true", help="skip the DuckDB commit")

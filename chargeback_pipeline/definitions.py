@@ -34,7 +34,9 @@ def resolve_config_path() -> Path:
     local = Path("config.yaml")
     if local.exists():
         return local.resolve()
-    log.warning("CHARGEBACK_CONFIG is not set and ./config.yaml does not exist; using the demo config %s", DEMO_CONFIG)
+    log.warning(
+        "CHARGEBACK_CONFIG is not set and ./config.yaml does not exist; using the demo config %s", DEMO_CONFIG
+    )
     return DEMO_CONFIG
 
 

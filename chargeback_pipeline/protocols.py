@@ -41,7 +41,9 @@ class ResolveContext(TypedDict):
 @runtime_checkable
 class ResourceReader(Protocol):
     def get(self, resource_id: str) -> Resource | None: ...
-    def find_active_at(self, t: datetime, resource_type: str | Sequence[str] | None = None) -> list[Resource]: ...
+    def find_active_at(
+        self, t: datetime, resource_type: str | Sequence[str] | None = None
+    ) -> list[Resource]: ...
     def find_by_period(
         self,
         start: datetime,

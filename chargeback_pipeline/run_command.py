@@ -26,7 +26,6 @@ from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, res
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
 
-
 # The run's events go to the instance (and the UI); the terminal gets our one-line progress.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -83,9 +82,10 @@ def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date
                 message += "\n" + _excluded(loaded, sorted(loaded.tenant_errors))
             raise ChargebackError(message)
     if not tenants:
-        raise ChargebackError(f"no valid tenant in {loaded.path}" + (
-            "\n" + _excluded(loaded, sorted(loaded.tenant_errors)) if loaded.tenant_errors else ""
-        ))
+        raise ChargebackError(
+            f"no valid tenant in {loaded.path}"
+            + ("\n" + _excluded(loaded, sorted(loaded.tenant_errors)) if loaded.tenant_errors else "")
+        )
     today = clock.utc_now().date()
     plan: dict[str, list[date]] = {}
     for tenant in tenants:
@@ -101,7 +101,8 @@ def _excluded(loaded: LoadedConfig, tenants: list[str]) -> str:
     """Configuration errors of tenants that cannot run, one per line."""
     lines = [f"tenant '{t}' is excluded by configuration errors:" for t in tenants]
     return "\n".join(
-        line + "".join(f"\n  {error}" for error in loaded.tenant_errors[t]) for line, t in zip(lines, tenants, strict=True)
+        line + "".join(f"\n  {error}" for error in loaded.tenant_errors[t])
+        for line, t in zip(lines, tenants, strict=True)
     )
 
 
@@ -124,7 +125,9 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
-def _run_partition(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant: str, d: date, totals: TenantTotals) -> None:
+def _run_partition(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, tenant: str, d: date, totals: TenantTotals
+) -> None:
     started = time.monotonic()
     result = job.execute_in_process(
         partition_key=partition_key(tenant, d),

@@ -70,7 +70,9 @@ def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, 
         results[d] = _store_billing_date(session, d, by_date.get(d, []))
     if failures:
         details = "; ".join(f"{d}: {err}" for d, err in sorted(failures.items()))
-        raise RuntimeError(f"tenant '{session.name}': billing gather failed for {len(failures)} date(s): {details}")
+        raise RuntimeError(
+            f"tenant '{session.name}': billing gather failed for {len(failures)} date(s): {details}"
+        )
     return results
 
 
@@ -115,7 +117,9 @@ def _assign_to_dates(
     by_date: dict[date, list[BillingLineItem]] = defaultdict(list)
     outside: list[BillingLineItem] = []
     for line in lines:
-        d = require_utc(line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp").date()
+        d = require_utc(
+            line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp"
+        ).date()
         (by_date[d] if d in wanted else outside).append(line)
     if outside:
         first = ", ".join(f"{x.timestamp.isoformat()} {x.resource_id} {x.product_type}" for x in outside[:3])
@@ -133,7 +137,12 @@ def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLine
     if not lines:
         stored = db.billing.find_by_date(d)
         if stored:
-            log.warning("tenant '%s': no billing returned for %s; keeping %d stored lines", session.name, d, len(stored))
+            log.warning(
+                "tenant '%s': no billing returned for %s; keeping %d stored lines",
+                session.name,
+                d,
+                len(stored),
+            )
         with db.transaction():
             db.state.mark_billing_gathered(d, db.billing.fingerprint(d))
         return _billing_metadata(stored, withdrawn=0, revised=0, kept=True)
@@ -149,7 +158,9 @@ def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLine
     return _billing_metadata(stored, withdrawn=len(result.withdrawn), revised=len(result.revised), kept=False)
 
 
-def _billing_metadata(lines: Sequence[BillingLineItem], *, withdrawn: int, revised: int, kept: bool) -> dict[str, Any]:
+def _billing_metadata(
+    lines: Sequence[BillingLineItem], *, withdrawn: int, revised: int, kept: bool
+) -> dict[str, Any]:
     total = sum((line.total_cost for line in lines), ZERO)
     return {
         "line_count": len(lines),
@@ -172,7 +183,10 @@ def gather_inventory(session: TenantSession, run_id: str, now: datetime) -> dict
     gap = timedelta(seconds=session.runtime.settings_base.min_refresh_gap_seconds)
     last_ok = state.get(LAST_SUCCESSFUL_GATHER_AT)
     if last and last_ok and now - datetime.fromisoformat(last_ok) < gap:
-        return {**_inventory_metadata(last), "reused": f"gather at {last_ok} is within min_refresh_gap_seconds"}
+        return {
+            **_inventory_metadata(last),
+            "reused": f"gather at {last_ok} is within min_refresh_gap_seconds",
+        }
     try:
         record = _run_gather(session, run_id, now)
     except Exception:
@@ -200,10 +214,14 @@ def _run_gather(session: TenantSession, run_id: str, now: datetime) -> dict[str,
                 db, handler.gather_resources(tenant_id, read_view, shared_ctx), now, "resources"
             ):
                 observed_resources[resource.resource_type].add(resource.resource_id)
-            for identity in _upsert_as_gathered(db, handler.gather_identities(tenant_id, read_view), now, "identities"):
+            for identity in _upsert_as_gathered(
+                db, handler.gather_identities(tenant_id, read_view), now, "identities"
+            ):
                 observed_identities.add(identity.identity_id)
         except Exception as exc:
-            log.warning("tenant '%s': Handler %s gather failed: %s", session.name, service_type, _describe(exc))
+            log.warning(
+                "tenant '%s': Handler %s gather failed: %s", session.name, service_type, _describe(exc)
+            )
             failed.append(service_type)
     counts = {rtype: len(ids) for rtype, ids in sorted(observed_resources.items())}
     log.info(
@@ -273,7 +291,9 @@ def detect_deletions(session: TenantSession) -> dict[str, Any]:
         if record["complete"]:
             observed_ids = set(record["observed_identities"])
             active_ids = {
-                i.identity_id for i in session.db.identities.find_active_at(now) if i.identity_type != "system"
+                i.identity_id
+                for i in session.db.identities.find_active_at(now)
+                if i.identity_type != "system"
             }
             doomed = _sweep(session, "identities", active_ids, observed_ids, threshold)
             session.db.identities.mark_deleted(sorted(doomed), now)
@@ -296,7 +316,9 @@ def _deletable_resource_types(session: TenantSession, record: dict[str, Any]) ->
     return [rtype for rtype in sorted(declared) if not (declared[rtype] & failed)]
 
 
-def _sweep(session: TenantSession, counter: str, active: set[str], observed: set[str], threshold: int) -> set[str]:
+def _sweep(
+    session: TenantSession, counter: str, active: set[str], observed: set[str], threshold: int
+) -> set[str]:
     state = session.db.gather_state
     key = f"zero_gathers:{counter}"
     if observed or not active:
@@ -332,18 +354,30 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
         step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
         workers = max(1, min(session.config.metrics_prefetch_workers, len(groups)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {key: pool.submit(source.query, queries, key[1], key[2], step, key[0]) for key, queries in groups.items()}
+            futures = {
+                key: pool.submit(source.query, queries, key[1], key[2], step, key[0])
+                for key, queries in groups.items()
+            }
         for key, future in sorted(futures.items()):
             try:
                 results[key] = UsageGroup(rows=future.result(), fetch_failed=False)
             except Exception as exc:
-                log.warning("tenant '%s': %s: usage fetch failed for %s: %s", session.name, d, key[0], _describe(exc))
+                log.warning(
+                    "tenant '%s': %s: usage fetch failed for %s: %s", session.name, d, key[0], _describe(exc)
+                )
                 results[key] = UsageGroup(rows=None, fetch_failed=True)
     with session.db.transaction():
         session.db.usage.replace_date(d, results)
     failed = sum(1 for g in results.values() if g.fetch_failed)
     rows = sum(len(v) for g in results.values() if g.rows for v in g.rows.values())
-    log.info("tenant '%s': %s: usage groups fetched %d, failed %d, rows %d", session.name, d, len(results), failed, rows)
+    log.info(
+        "tenant '%s': %s: usage groups fetched %d, failed %d, rows %d",
+        session.name,
+        d,
+        len(results),
+        failed,
+        rows,
+    )
     return {
         "groups_with_queries": len(groups),
         "groups_fetched": len(results) - failed,
@@ -353,7 +387,9 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     }
 
 
-def _usage_groups(session: TenantSession, lines: Sequence[BillingLineItem]) -> dict[UsageKey, list[MetricQuery]]:
+def _usage_groups(
+    session: TenantSession, lines: Sequence[BillingLineItem]
+) -> dict[UsageKey, list[MetricQuery]]:
     runtime = session.runtime
     groups: dict[UsageKey, dict[str, MetricQuery]] = {}
     for line in lines:
@@ -424,7 +460,9 @@ def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, A
     backend = db.storage_backend()
     bucket_start, bucket_end = aggregation.bucket_range(d, spec.aggregation)
     if spec.aggregation in ("daily", "monthly"):
-        rows = backend.chargebacks_aggregated(bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day")
+        rows = backend.chargebacks_aggregated(
+            bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day"
+        )
     else:
         rows = backend.chargebacks_for_date(d)
     emitter = registry.get(spec.type, dict(spec.params), backend, context=session_emitter_context(session))
@@ -433,7 +471,9 @@ def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, A
     except Exception as exc:
         with db.transaction():
             db.emissions.record(emitter_name, d, "failed", state.calculation_id, len(rows))
-        raise RuntimeError(f"tenant '{session.name}': emitter '{emitter_name}' failed for {d}: {_describe(exc)}") from exc
+        raise RuntimeError(
+            f"tenant '{session.name}': emitter '{emitter_name}' failed for {d}: {_describe(exc)}"
+        ) from exc
     with db.transaction():
         db.emissions.record(emitter_name, d, "emitted", state.calculation_id, len(rows))
     log.info("tenant '%s': %s: emitter '%s' wrote %d rows", session.name, d, emitter_name, len(rows))
@@ -461,7 +501,11 @@ def _output_metadata(output: object) -> dict[str, Any]:
     """What an emitter reports it wrote (path, rows, bytes), as plain metadata values."""
     if output is None:
         return {}
-    fields = dataclasses.asdict(output) if dataclasses.is_dataclass(output) and not isinstance(output, type) else output
+    fields = (
+        dataclasses.asdict(output)
+        if dataclasses.is_dataclass(output) and not isinstance(output, type)
+        else output
+    )
     if not isinstance(fields, dict):
         return {}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None}

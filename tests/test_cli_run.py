@@ -47,10 +47,18 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
     assert out.count(f"billed {PG_DAY_TOTAL}  allocated {PG_DAY_TOTAL}  UNALLOCATED 0.0000") == 7
     assert out.count(f"billed {REDIS_DAY_TOTAL}  allocated {REDIS_DAY_TOTAL}  UNALLOCATED 0.0000") == 7
     # 7 × 38.1216 and 7 × 10.1880
-    assert "postgres-prod: dates ok 7, failed 0; billed 266.8512, allocated 266.8512, UNALLOCATED 0.0000 (0.00%)" in out
-    assert "redis-cache: dates ok 7, failed 0; billed 71.3160, allocated 71.3160, UNALLOCATED 0.0000 (0.00%)" in out
+    assert (
+        "postgres-prod: dates ok 7, failed 0; billed 266.8512, allocated 266.8512, UNALLOCATED 0.0000 (0.00%)"
+        in out
+    )
+    assert (
+        "redis-cache: dates ok 7, failed 0; billed 71.3160, allocated 71.3160, UNALLOCATED 0.0000 (0.00%)"
+        in out
+    )
     csv_dir = demo_config.parent / "out" / "csv"
-    assert sorted(p.name for p in (csv_dir / "postgres-prod").iterdir()) == [f"2026-03-0{i}.csv" for i in range(1, 8)]
+    assert sorted(p.name for p in (csv_dir / "postgres-prod").iterdir()) == [
+        f"2026-03-0{i}.csv" for i in range(1, 8)
+    ]
     assert [p.name for p in (csv_dir / "redis-cache").iterdir()] == ["2026-03-01.csv"]
     # The runs went to the persistent instance in the working directory (dagster.yaml there).
     assert (demo_config.parent / "history" / "runs.db").exists()
@@ -63,7 +71,15 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
 
 def test_selected_tenant_and_dates(demo_config: Path) -> None:
     done = chargeback(
-        "run", "--config", str(demo_config), "--tenant", "redis-cache", "--start", "2026-03-02", "--end", "2026-03-03",
+        "run",
+        "--config",
+        str(demo_config),
+        "--tenant",
+        "redis-cache",
+        "--start",
+        "2026-03-02",
+        "--end",
+        "2026-03-03",
         cwd=demo_config.parent,
     )
     assert done.returncode == 0, done.stderr
@@ -76,29 +92,56 @@ def test_selected_tenant_and_dates(demo_config: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda t: t.replace('rate: "0.416"', 'rate: "-0.416"'),
-         "tenant 'postgres-prod': plugin_settings.cost_types.0.rate: must be >= 0"),
-        (lambda t: t.replace('rate: "0.416"', 'rate: "abc"'),
-         "tenant 'postgres-prod': plugin_settings.cost_types.0.rate: must be a decimal number"),
-        (lambda t: t.replace("ecosystem: generic_metrics_only\n    tenant_id: acme-postgres",
-                             "ecosystem: no_such_plugin\n    tenant_id: acme-postgres"),
-         "tenant 'postgres-prod': ecosystem: unknown ecosystem 'no_such_plugin'"),
-        (lambda t: t.replace("tenant_id: acme-postgres", "tenant_id: ${PG_TENANT_LABEL}"),
-         "Required environment variable 'PG_TENANT_LABEL' is not set (at tenants.postgres-prod.tenant_id)"),
-        (lambda t: t.replace("path: data/redis-cache.duckdb", "path: data/postgres-prod.duckdb"),
-         "postgres-prod"),
+        (
+            lambda t: t.replace('rate: "0.416"', 'rate: "-0.416"'),
+            "tenant 'postgres-prod': plugin_settings.cost_types.0.rate: must be >= 0",
+        ),
+        (
+            lambda t: t.replace('rate: "0.416"', 'rate: "abc"'),
+            "tenant 'postgres-prod': plugin_settings.cost_types.0.rate: must be a decimal number",
+        ),
+        (
+            lambda t: t.replace(
+                "ecosystem: generic_metrics_only\n    tenant_id: acme-postgres",
+                "ecosystem: no_such_plugin\n    tenant_id: acme-postgres",
+            ),
+            "tenant 'postgres-prod': ecosystem: unknown ecosystem 'no_such_plugin'",
+        ),
+        (
+            lambda t: t.replace("tenant_id: acme-postgres", "tenant_id: ${PG_TENANT_LABEL}"),
+            "Required environment variable 'PG_TENANT_LABEL' is not set (at tenants.postgres-prod.tenant_id)",
+        ),
+        (
+            lambda t: t.replace("path: data/redis-cache.duckdb", "path: data/postgres-prod.duckdb"),
+            "postgres-prod",
+        ),
         (lambda t: t.replace("  postgres-prod:", "  postgres prod!:"), "postgres prod!"),
         (lambda t: t + "\n  broken: [unclosed\n", "Malformed YAML in"),
     ],
-    ids=["negative-rate", "non-numeric-rate", "unknown-ecosystem", "missing-env", "shared-storage", "bad-name", "yaml"],
+    ids=[
+        "negative-rate",
+        "non-numeric-rate",
+        "unknown-ecosystem",
+        "missing-env",
+        "shared-storage",
+        "bad-name",
+        "yaml",
+    ],
 )
 def test_bad_config_fails_clearly_and_changes_nothing(demo_config: Path, edit: object, expected: str) -> None:
-    assert chargeback("run", "--config", str(demo_config), "--tenant", "postgres-prod", cwd=demo_config.parent).returncode == 0
+    assert (
+        chargeback(
+            "run", "--config", str(demo_config), "--tenant", "postgres-prod", cwd=demo_config.parent
+        ).returncode
+        == 0
+    )
     before = tree_hash(demo_config.parent / "data"), tree_hash(demo_config.parent / "out")
 
     original = demo_config.read_text(encoding="utf-8")
     demo_config.write_text(edit(original), encoding="utf-8")  # type: ignore[operator]
-    done = chargeback("run", "--config", str(demo_config), "--tenant", "postgres-prod", cwd=demo_config.parent)
+    done = chargeback(
+        "run", "--config", str(demo_config), "--tenant", "postgres-prod", cwd=demo_config.parent
+    )
     assert done.returncode == 1
     assert expected in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -112,7 +155,11 @@ def test_broken_external_plugin_is_named_and_other_tenants_run(demo_config: Path
         "def register():\n    raise RuntimeError('license server unreachable')\n", encoding="utf-8"
     )
     text = demo_config.read_text(encoding="utf-8")
-    text = text.replace("tenants:\n", "plugins_path: plugins\ntenants:\n  vendor-x:\n    ecosystem: exploding\n    tenant_id: x\n", 1)
+    text = text.replace(
+        "tenants:\n",
+        "plugins_path: plugins\ntenants:\n  vendor-x:\n    ecosystem: exploding\n    tenant_id: x\n",
+        1,
+    )
     demo_config.write_text(text, encoding="utf-8")
 
     done = chargeback("run", "--config", str(demo_config), "--tenant", "vendor-x", cwd=demo_config.parent)
@@ -126,10 +173,32 @@ def test_broken_external_plugin_is_named_and_other_tenants_run(demo_config: Path
 def test_two_processes_on_one_tenant_both_succeed(demo_config: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHARGEBACK_CONFIG")}
     environment["CHARGEBACK_NOW"] = FROZEN_NOW
-    command = [sys.executable, "-m", "chargeback_pipeline.cli", "run", "--config", str(demo_config),
-               "--tenant", "postgres-prod"]
-    first = subprocess.Popen(command, cwd=demo_config.parent, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(command, cwd=demo_config.parent, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "chargeback_pipeline.cli",
+        "run",
+        "--config",
+        str(demo_config),
+        "--tenant",
+        "postgres-prod",
+    ]
+    first = subprocess.Popen(
+        command,
+        cwd=demo_config.parent,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = subprocess.Popen(
+        command,
+        cwd=demo_config.parent,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results = [p.communicate(timeout=300) for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], results
     for out, _ in results:

@@ -48,9 +48,13 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
-def materialise(config: Path, instance: dg.DagsterInstance, tenant: str, d: date) -> dg.ExecuteInProcessResult:
+def materialise(
+    config: Path, instance: dg.DagsterInstance, tenant: str, d: date
+) -> dg.ExecuteInProcessResult:
     job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
-    return job.execute_in_process(partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False)
+    return job.execute_in_process(
+        partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False
+    )
 
 
 def stored_rows(config: Path, tenant: str, tenant_id: str, d: date) -> list[ChargebackRow]:
@@ -68,8 +72,18 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"billing_lines", "inventory", "resource_deletions", "usage_metrics", "chargebacks", "emit_csv"}
-    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "billing_lines",
+        "inventory",
+        "resource_deletions",
+        "usage_metrics",
+        "chargebacks",
+        "emit_csv",
+    }
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
     assert parents["chargebacks"] == {"billing_lines", "resource_deletions", "usage_metrics"}
     assert parents["usage_metrics"] == {"billing_lines", "inventory"}
     assert parents["resource_deletions"] == {"inventory"}
@@ -150,7 +164,13 @@ def test_date_outside_a_tenants_window_fails_with_a_clear_message(
     # redis-cache waits 3 days for settled costs; postgres-prod only 1. 2026-03-07 is a
     # partition (postgres may calculate it) but not yet an allowed date for redis-cache.
     text = demo_config.read_text(encoding="utf-8")
-    demo_config.write_text(text.replace("cutoff_days: 1\n    retention_days: 90\n    storage:\n      path: data/redis", "cutoff_days: 3\n    retention_days: 90\n    storage:\n      path: data/redis"), encoding="utf-8")
+    demo_config.write_text(
+        text.replace(
+            "cutoff_days: 1\n    retention_days: 90\n    storage:\n      path: data/redis",
+            "cutoff_days: 3\n    retention_days: 90\n    storage:\n      path: data/redis",
+        ),
+        encoding="utf-8",
+    )
     result = materialise(demo_config, instance, "redis-cache", date(2026, 3, 7))
     assert not result.success
     failures = {e.step_key: str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure}
@@ -191,7 +211,9 @@ tenants:
     assert result.success
     document = (tmp_path / "out" / "json" / "tools-2026-03-01.json").read_text(encoding="utf-8")
     # 10.0000 / 3 = 3.3333 each, the remainder 0.0001 to the first sorted id (alice).
-    assert '"alice": "3.3334"' in document and '"bob": "3.3333"' in document and '"carol": "3.3333"' in document
+    assert (
+        '"alice": "3.3334"' in document and '"bob": "3.3333"' in document and '"carol": "3.3333"' in document
+    )
     # The billed total comes from the injected storage backend, not from the rows.
     assert '"billed": "10.0000"' in document
     assert (tmp_path / "out" / "csv" / "tools_2026-03-01.csv").exists()
@@ -211,14 +233,18 @@ def test_reconciliation_check_fails_when_rows_do_not_sum_to_the_bill(
     with duckdb.connect(str(path)) as conn:  # tamper: move 0.0001 of one row
         conn.execute(
             "UPDATE chargebacks SET amount = amount + 0.0001 "
-            "WHERE identity_id = 'app-audit' AND product_type = 'PG_COMPUTE' AND billing_date = DATE '2026-03-01'"
+            "WHERE identity_id = 'app-audit' AND product_type = 'PG_COMPUTE' "
+            "AND billing_date = DATE '2026-03-01'"
         )
     with open_tenant_db(path, ecosystem="generic_metrics_only", tenant_id="acme-postgres") as db:
         outcome = reconcile(SimpleNamespace(db=db), DAY)  # type: ignore[arg-type]
     assert outcome["passed"] is False
     assert outcome["mismatched_lines"] == 1
     assert outcome["billed_total"] == "38.1216" and outcome["allocated_total"] == "38.1217"
-    assert "PG_COMPUTE" in outcome["first_mismatches"] and "billed 29.9520 allocated 29.9521" in outcome["first_mismatches"]
+    assert (
+        "PG_COMPUTE" in outcome["first_mismatches"]
+        and "billed 29.9520 allocated 29.9521" in outcome["first_mismatches"]
+    )
 
 
 def test_workspace_loads_for_dagster_dev(demo_config: Path) -> None:
@@ -228,11 +254,17 @@ def test_workspace_loads_for_dagster_dev(demo_config: Path) -> None:
 
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "CHARGEBACK_CONFIG": str(demo_config), "DAGSTER_HOME": str(demo_config.parent)}
-    (demo_config.parent / "dagster.yaml").write_text((repo / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (demo_config.parent / "dagster.yaml").write_text(
+        (repo / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
     dagster = Path(sys.executable).parent / "dagster"
     done = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=180,
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     assert "All code locations passed validation" in done.stdout + done.stderr

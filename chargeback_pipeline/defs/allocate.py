@@ -1,15 +1,14 @@
 """The chargebacks asset and the reconciliation check that guards it."""
 
-
 from typing import Any
 
 import dagster as dg
 
 from chargeback_pipeline import steps
 from chargeback_pipeline.defs.partitions import dates_by_tenant
-from chargeback_pipeline.models import ZERO
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
 from chargeback_pipeline.defs.stepping import per_date, run_step
+from chargeback_pipeline.models import ZERO
 from chargeback_pipeline.steps import TenantSession, money
 
 GROUP = "allocate"
@@ -51,7 +50,11 @@ def build_allocate_assets(
                 for d in dates:
                     results[f"{d.isoformat()}|{tenant}"] = reconcile(session, d)
         passed = all(r["passed"] for r in results.values())
-        metadata = next(iter(results.values())) if len(results) == 1 else {"per_partition": dg.MetadataValue.json(results)}
+        metadata = (
+            next(iter(results.values()))
+            if len(results) == 1
+            else {"per_partition": dg.MetadataValue.json(results)}
+        )
         return dg.AssetCheckResult(passed=passed, metadata=metadata)
 
     return chargebacks, chargebacks_reconcile_with_billing
@@ -70,7 +73,8 @@ def reconcile(session: TenantSession, d: Any) -> dict[str, Any]:
         "unallocated_total": money(totals.unallocated),
         "mismatched_lines": len(mismatches),
         "first_mismatches": "; ".join(
-            f"{t.key}: billed {money(t.billed or ZERO)} allocated {money(t.allocated)}" for t in mismatches[:MAX_LISTED_LINES]
+            f"{t.key}: billed {money(t.billed or ZERO)} allocated {money(t.allocated)}"
+            for t in mismatches[:MAX_LISTED_LINES]
         )
         or "none",
     }

@@ -5,7 +5,6 @@ tenant's emitter of that name. Tenants without an emitter of that name materiali
 no-op with metadata saying so, so the asset graph stays the same for every tenant.
 """
 
-
 import re
 from datetime import date
 from typing import Any

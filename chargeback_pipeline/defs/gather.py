@@ -1,6 +1,5 @@
 """Gather assets: billing lines, inventory, deletion detection and usage metrics."""
 
-
 from datetime import date
 from typing import Any
 
@@ -55,7 +54,9 @@ def build_gather_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asse
 
         return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, detect)
 
-    @dg.asset(partitions_def=partitions_def, group_name=GROUP, kinds={"duckdb"}, deps=[billing_lines, inventory])
+    @dg.asset(
+        partitions_def=partitions_def, group_name=GROUP, kinds={"duckdb"}, deps=[billing_lines, inventory]
+    )
     def usage_metrics(
         context: dg.AssetExecutionContext,
         chargeback_config: ChargebackConfig,
@@ -63,6 +64,8 @@ def build_gather_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asse
         tenant_storage: TenantStorage,
     ) -> dg.MaterializeResult:
         """Usage per (resource, billing window) from the tenant's metrics source."""
-        return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, per_date(steps.fetch_usage))
+        return run_step(
+            context, chargeback_config, plugin_runtimes, tenant_storage, per_date(steps.fetch_usage)
+        )
 
     return [billing_lines, inventory, resource_deletions, usage_metrics]

@@ -34,7 +34,7 @@ def partition_key(tenant: str, d: date) -> dg.MultiPartitionKey:
 
 
 def split_key(key: str) -> tuple[str, date]:
-    """``'2026-03-01|acme'`` → ``('acme', date(2026, 3, 1))``; works for plain strings and MultiPartitionKeys."""
+    """``'2026-03-01|acme'`` → ``('acme', date(2026, 3, 1))``, for plain strings and MultiPartitionKeys."""
     if isinstance(key, dg.MultiPartitionKey):
         dims = key.keys_by_dimension
         return dims[TENANT_DIM], date.fromisoformat(dims[DATE_DIM])

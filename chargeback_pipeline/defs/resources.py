@@ -65,7 +65,9 @@ class PluginRuntimes(dg.ConfigurableResource):
         if tenant_name not in self._runtimes:
             tenant = self.config.tenant(tenant_name)
             registry = discover_plugins(self.config.loaded().settings.plugins_path)
-            self._runtimes[tenant_name] = self._stack.enter_context(open_runtime(tenant_name, tenant, registry))
+            self._runtimes[tenant_name] = self._stack.enter_context(
+                open_runtime(tenant_name, tenant, registry)
+            )
         return self._runtimes[tenant_name]
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -94,7 +94,11 @@ class GenericHandler:
             ]
         source = self._settings.identity_source
         if source.uses_prometheus and source.discovery_query:
-            return [MetricQuery(key="discovery", query_expression=source.discovery_query, label_keys=(source.label,))]
+            return [
+                MetricQuery(
+                    key="discovery", query_expression=source.discovery_query, label_keys=(source.label,)
+                )
+            ]
         return []
 
     def get_allocator(self, product_type: str) -> CostAllocator:
@@ -118,7 +122,9 @@ class GenericHandler:
                 metadata={"team": self._team(static.identity_id, static.team)},
             )
 
-    def _metric_identities(self, tenant_id: str, metrics_data: dict[str, list[MetricRow]]) -> Iterator[Identity]:
+    def _metric_identities(
+        self, tenant_id: str, metrics_data: dict[str, list[MetricRow]]
+    ) -> Iterator[Identity]:
         label = self._settings.identity_source.label
         seen = sorted({row.labels.get(label, "") for rows in metrics_data.values() for row in rows} - {""})
         for identity_id in seen:

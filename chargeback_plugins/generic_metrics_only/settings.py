@@ -42,9 +42,7 @@ class NetworkGibQuantity(_Strict):
     query: str = Field(min_length=1)
 
 
-CostQuantity = Annotated[
-    FixedQuantity | StorageGibQuantity | NetworkGibQuantity, Field(discriminator="type")
-]
+CostQuantity = Annotated[FixedQuantity | StorageGibQuantity | NetworkGibQuantity, Field(discriminator="type")]
 
 
 class CostType(_Strict):

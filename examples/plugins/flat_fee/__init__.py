@@ -52,7 +52,9 @@ class FlatFeeHandler:
         self._settings = settings
         self._allocator = generic_even_chain()
 
-    def gather_resources(self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None) -> Iterator[Resource]:
+    def gather_resources(
+        self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
+    ) -> Iterator[Resource]:
         yield Resource(ECOSYSTEM, tenant_id, self._settings.service_id, "service")
 
     def gather_identities(self, tenant_id: str, store: TenantStore) -> Iterator[Identity]:
@@ -90,7 +92,9 @@ class FlatFeeCostInput:
     def __init__(self, settings: FlatFeeSettings) -> None:
         self._settings = settings
 
-    def gather(self, tenant_id: str, start: datetime, end: datetime, store: TenantStore) -> Iterator[BillingLineItem]:
+    def gather(
+        self, tenant_id: str, start: datetime, end: datetime, store: TenantStore
+    ) -> Iterator[BillingLineItem]:
         day = start
         while day < end:
             yield BillingLineItem(
