@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tenant", action="append", metavar="T", help="tenant name (repeatable; default: all)")
     run.add_argument("--start", metavar="D", help="first billing date, YYYY-MM-DD (inclusive)")
     run.add_argument("--end", metavar="D", help="last billing date, YYYY-MM-DD (inclusive)")
+    run.add_argument("-v", "--verbose", action="store_true", help="print INFO logs too (default: warnings)")
     return parser
 
 

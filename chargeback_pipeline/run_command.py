@@ -8,6 +8,7 @@ lineage, metadata and check results.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import dagster as dg
 
 from chargeback_pipeline import clock
-from chargeback_pipeline.config import LoadedConfig, load_config
+from chargeback_pipeline.config import LoadedConfig, configure_logging, load_config
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config_path = Path(args.config).resolve() if args.config else resolve_config_path()
         loaded = load_config(config_path)
+        _configure_logging(loaded, verbose=getattr(args, "verbose", False))
         plan = _plan(loaded, args)
     except (ChargebackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -69,6 +71,19 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(totals)
     failed = any(t.dates_failed for t in totals.values()) or (loaded.tenant_errors and not args.tenant)
     return 1 if failed else 0
+
+
+def _configure_logging(loaded: LoadedConfig, *, verbose: bool) -> None:
+    """Apply the file's ``logging:`` section; the terminal shows warnings, plus the
+    engine's own INFO progress with ``--verbose`` (never the libraries' chatter)."""
+    configure_logging(loaded.settings.logging)
+
+    def keep(record: logging.LogRecord) -> bool:
+        ours = record.name.startswith(("chargeback_pipeline", "chargeback_plugins"))
+        return record.levelno >= logging.WARNING or (verbose and ours)
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(keep)
 
 
 def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date]]:

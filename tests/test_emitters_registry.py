@@ -229,3 +229,20 @@ def test_csv_built_through_registry_gets_context(tmp_path: Path) -> None:
     )
     assert make_csv_emitter.needs_emitter_context is True  # type: ignore[attr-defined]
     assert getattr(make_csv_emitter, "needs_storage_backend", False) is False
+
+
+def test_reimported_plugin_may_register_its_factory_again() -> None:
+    """A plugin imported a second time (e.g. after rediscovery) defines a fresh function object."""
+    namespace_a: dict[str, object] = {}
+    namespace_b: dict[str, object] = {}
+    source = "def make_reloaded(**params):\n    return lambda tenant_id, date, rows: None\n"
+    exec(compile(source, "reloaded_plugin.py", "exec"), {"__name__": "reloaded_plugin"}, namespace_a)
+    exec(compile(source, "reloaded_plugin.py", "exec"), {"__name__": "reloaded_plugin"}, namespace_b)
+    first, second = namespace_a["make_reloaded"], namespace_b["make_reloaded"]
+    assert first is not second
+    try:
+        registry.register("reloaded", first)  # type: ignore[arg-type]
+        registry.register("reloaded", second)  # type: ignore[arg-type]
+        assert registry._FACTORIES["reloaded"] is second
+    finally:
+        registry.unregister("reloaded")

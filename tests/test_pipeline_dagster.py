@@ -268,3 +268,44 @@ def test_workspace_loads_for_dagster_dev(demo_config: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "All code locations passed validation" in done.stdout + done.stderr
+
+
+def test_secrets_never_reach_run_config_events_metadata_or_files(
+    tmp_path: Path, frozen_clock: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "tok-9f8e7d6c5b4a-NEVER-SHOW"
+    monkeypatch.setenv("FLAT_FEE_TOKEN", secret)
+    shutil.copytree(
+        Path(__file__).parent.parent / "examples" / "plugins" / "flat_fee", tmp_path / "plugins" / "flat_fee"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        """
+plugins_path: plugins
+tenants:
+  team-tools:
+    ecosystem: flat_fee
+    tenant_id: tools
+    lookback_days: 8
+    cutoff_days: 1
+    plugin_settings:
+      service_id: wiki
+      daily_fee: "10.0000"
+      users: [alice]
+      api_token: ${FLAT_FEE_TOKEN}
+      emitters: [{type: csv, params: {output_dir: out}}]
+""",
+        encoding="utf-8",
+    )
+    result = materialise(config, instance, "team-tools", DAY)
+    assert result.success
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None and secret not in repr(run.run_config) and secret not in repr(run.tags)
+    for record in instance.all_logs(result.run_id):
+        assert secret not in repr(record)
+    defs = build_definitions(config)
+    resources = repr(defs.resources)
+    assert secret not in resources and str(config) in resources
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix in {".csv", ".json", ".yaml"} and path != config:
+            assert secret not in path.read_text(encoding="utf-8")

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_storage_support import D1, ECO, T1, TENANT, EnvLine, EnvStorageModule, env_line, line
 
 from chargeback_pipeline.storage import TenantDatabase, billing, open_tenant_db
+from tests.test_storage_support import D1, ECO, T1, TENANT, EnvLine, EnvStorageModule, env_line, line
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, line, row
 
 from chargeback_pipeline.errors import StorageError
 from chargeback_pipeline.models import ChargebackRow, CostType
 from chargeback_pipeline.storage import TenantDatabase, chargebacks, open_tenant_db
+from tests.test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, line, row
 
 D2 = date(2026, 3, 2)
 T2 = datetime(2026, 3, 2, tzinfo=UTC)

@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_storage_support import ECO, TENANT
 
 from chargeback_pipeline.models import Identity, Resource, ResourceStatus
 from chargeback_pipeline.protocols import TenantStore
 from chargeback_pipeline.storage import TenantDatabase, open_tenant_db
+from tests.test_storage_support import ECO, TENANT
 
 S = datetime(2026, 3, 1, tzinfo=UTC)
 E = S + timedelta(days=1)

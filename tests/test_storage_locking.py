@@ -10,10 +10,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_storage_support import ECO, TENANT, day, hold_and_write, write_once
 
 from chargeback_pipeline.errors import StorageError
 from chargeback_pipeline.storage import lock_path_for, open_tenant_db, tenant_lock
+from tests.test_storage_support import ECO, TENANT, day, hold_and_write, write_once
 
 
 def test_lock_timeout_names_tenant_and_lock_file(tmp_path: Path) -> None:

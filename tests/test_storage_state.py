@@ -6,11 +6,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, env_line, line, row
 
 from chargeback_pipeline.errors import StorageError
 from chargeback_pipeline.models import Identity, MetricRow, Resource, billing_natural_key
 from chargeback_pipeline.storage import PipelineState, TenantDatabase, UsageGroupData, open_tenant_db
+from tests.test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, env_line, line, row
 
 D2 = date(2026, 3, 2)
 W_END = T1 + timedelta(days=1)

@@ -8,7 +8,6 @@ from typing import Any
 
 import duckdb
 import pytest
-from test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, line, row
 
 from chargeback_pipeline.errors import StorageError
 from chargeback_pipeline.models import Identity, Resource
@@ -21,6 +20,7 @@ from chargeback_pipeline.storage import (
     open_tenant_db,
 )
 from chargeback_pipeline.storage.schema import LATEST_VERSION
+from tests.test_storage_support import D1, ECO, T1, TENANT, EnvStorageModule, line, row
 
 
 def open_db(path: Path, **kwargs: Any) -> AbstractContextManager[TenantDatabase]:

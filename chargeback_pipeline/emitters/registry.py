@@ -85,22 +85,29 @@ def register(name: str, factory: EmitterFactory) -> None:
     """Make ``factory`` available as emitter type ``name``.
 
     Re-registering the very same object is harmless (a module imported twice, a plugin
-    calling ``register`` from both import time and ``register()``); a different object
-    under a taken name is refused so one plugin cannot silently replace another's
-    emitter.
+    calling ``register`` from both import time and ``register()``), and so is a fresh
+    copy of the same function from a plugin that was imported again (same module and
+    qualified name; the newer one wins). A different factory under a taken name is
+    refused so one plugin cannot silently replace another's emitter.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"Emitter type name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise ValueError(f"Emitter factory for '{name}' is not callable: {factory!r}")
     existing = _FACTORIES.get(name)
-    if existing is None:
+    if existing is None or _same_definition(existing, factory):
         _FACTORIES[name] = factory
     elif existing is not factory:
         raise ValueError(
             f"Emitter type '{name}' is already registered with a different factory "
             f"({_describe(existing)}); refusing to replace it with {_describe(factory)}"
         )
+
+
+def _same_definition(a: object, b: object) -> bool:
+    """True for two objects created by the same source definition (a re-imported plugin)."""
+    key = ("__module__", "__qualname__")
+    return all(getattr(a, k, None) is not None and getattr(a, k, None) == getattr(b, k, None) for k in key)
 
 
 def unregister(name: str) -> None:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from chargeback_pipeline.allocation import generic_even_chain
 from chargeback_pipeline.config import PluginSettingsBase
@@ -41,6 +41,10 @@ class FlatFeeSettings(PluginSettingsBase):
     service_id: str = Field(min_length=1)
     daily_fee: Decimal = Field(ge=0)
     users: list[str] = Field(default_factory=list)
+    # A credential for the service the fee comes from (unused by this example). Declaring
+    # it SecretStr is what keeps it masked in show-config and out of logs and errors;
+    # write it as `${VAR}` in the YAML so it lives only in the environment.
+    api_token: SecretStr | None = None
 
 
 class FlatFeeHandler:
@@ -113,6 +117,7 @@ class FlatFeeCostInput:
 
 class FlatFeePlugin:
     ecosystem = ECOSYSTEM
+    settings_model = FlatFeeSettings
 
     def __init__(self) -> None:
         self._settings: FlatFeeSettings | None = None
