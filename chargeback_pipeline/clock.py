@@ -35,6 +35,11 @@ def utc_now() -> datetime:
     return parse_instant(pinned, NOW_ENV)
 
 
+def is_pinned() -> bool:
+    """True when ``CHARGEBACK_NOW`` fixes the clock (tests, replays): partitions then stop moving."""
+    return bool(os.environ.get(NOW_ENV, "").strip())
+
+
 def parse_instant(text: str, what: str) -> datetime:
     """Parse an ISO-8601 instant; a bare date means its midnight UTC.
 

@@ -360,6 +360,21 @@ class StorageSettings(_Section):
     path: Path | None = None
 
 
+class CheckSettings(_Section):
+    """Thresholds of the tenant's non-blocking asset checks (README, "Operating it").
+
+    ``unallocated_share_warning_pct``: a tenant-day whose ``UNALLOCATED`` amount exceeds
+    this share of its billed total gets a warning. ``freshness_grace_hours``: hours after
+    a date settles before the freshness check flags it as not yet calculated (the
+    scheduled refresh needs a tick or two to pick it up).
+    """
+
+    unallocated_share_warning_pct: Annotated[Decimal, BeforeValidator(_reject_bool)] = Field(
+        default=Decimal(10), ge=0, le=100
+    )
+    freshness_grace_hours: Int = Field(default=6, ge=0, le=168)
+
+
 class TenantConfig(_Section):
     """One validated tenant. ``storage.path`` is absolute after loading."""
 
@@ -374,6 +389,7 @@ class TenantConfig(_Section):
     tenant_execution_timeout_seconds: Int = Field(default=3600, ge=0)
     metrics_prefetch_workers: Int = Field(default=4, ge=1, le=20)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    checks: CheckSettings = Field(default_factory=CheckSettings)
     plugin_settings: PluginSettingsBase = Field(default_factory=PluginSettingsBase)
 
     _name: str = PrivateAttr("")
@@ -419,6 +435,18 @@ class TenantConfig(_Section):
         """``plugin_settings`` with every secret replaced by ``**********``."""
         masked = mask_secrets(self._raw_plugin_settings, self._secret_paths)
         return masked if isinstance(masked, dict) else {}
+
+    def calculation_fingerprint(self) -> str:
+        """Digest of the settings an allocation depends on (secrets masked, so a rotated
+        key does not force every date to be recalculated)."""
+        payload = {
+            "ecosystem": self.ecosystem,
+            "tenant_id": self.tenant_id,
+            "allocation_retry_limit": self.allocation_retry_limit,
+            "plugin_settings": self.masked_plugin_settings(),
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def fingerprint(self) -> str:
         """Stable digest of the tenant's effective settings ("settings changed" tests)."""

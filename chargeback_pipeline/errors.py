@@ -40,5 +40,9 @@ class StorageError(ChargebackError):
     """The tenant's database could not be opened, locked or written."""
 
 
+class TenantBusyError(StorageError):
+    """Another run of the tenant held its lock for longer than the caller would wait."""
+
+
 class DateOutOfRangeError(ChargebackError):
     """A billing date outside the tenant's allowed window was requested."""

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LAST_GATHER = "last_gather"
 LAST_SUCCESSFUL_GATHER_AT = "last_successful_gather_started_at"
 CONSECUTIVE_GATHER_FAILURES = "consecutive_gather_failures"
+LAST_GATHER_ERROR = "last_gather_error"
 
 
 @dataclass
@@ -189,9 +190,10 @@ def gather_inventory(session: TenantSession, run_id: str, now: datetime) -> dict
         }
     try:
         record = _run_gather(session, run_id, now)
-    except Exception:
+    except Exception as exc:
         with session.db.transaction():
             state.increment(CONSECUTIVE_GATHER_FAILURES)
+            state.set(LAST_GATHER_ERROR, _describe(exc))
         raise
     with session.db.transaction():
         state.set(LAST_GATHER, record)

@@ -95,9 +95,12 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
     assert keys_of_day == ["2026-03-07|postgres-prod", "2026-03-07|redis-cache"]
     # The newest settled date is today (2026-03-09) − cutoff_days − 1.
     assert partitions.get_last_partition_key() == "2026-03-07|redis-cache"
-    check_keys = list(graph.asset_check_keys)
-    assert [k.name for k in check_keys] == ["chargebacks_reconcile_with_billing"]
-    assert graph.get_check_spec(check_keys[0]).blocking
+    blocking = {k.name: graph.get_check_spec(k).blocking for k in graph.asset_check_keys}
+    assert blocking == {
+        "chargebacks_reconcile_with_billing": True,
+        "chargebacks_unallocated_share": False,
+        "chargebacks_freshness": False,
+    }
 
 
 def test_partition_materialises_exact_rows_csv_and_passing_check(
@@ -105,8 +108,10 @@ def test_partition_materialises_exact_rows_csv_and_passing_check(
 ) -> None:
     result = materialise(demo_config, instance, "postgres-prod", DAY)
     assert result.success
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.passed
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {"chargebacks_reconcile_with_billing", "chargebacks_unallocated_share"}
+    assert all(e.passed and e.partition == "2026-03-01|postgres-prod" for e in evaluations.values())
+    evaluation = evaluations["chargebacks_reconcile_with_billing"]
     assert evaluation.metadata["billed_total"].value == "38.1216"
     assert evaluation.metadata["allocated_total"].value == "38.1216"
 
@@ -226,7 +231,7 @@ def test_reconciliation_check_fails_when_rows_do_not_sum_to_the_bill(
 
     import duckdb
 
-    from chargeback_pipeline.defs.allocate import reconcile
+    from chargeback_pipeline.defs.checks import reconcile
 
     assert materialise(demo_config, instance, "postgres-prod", DAY).success
     path = demo_config.parent / "data" / "postgres-prod.duckdb"

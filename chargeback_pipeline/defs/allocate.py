@@ -1,23 +1,24 @@
-"""The chargebacks asset and the reconciliation check that guards it."""
+"""The chargebacks asset: every billing line of a tenant-day split across identities.
 
+Its checks (reconciliation, UNALLOCATED share, freshness) live in ``defs/checks.py``.
+"""
+
+from datetime import date
 from typing import Any
 
 import dagster as dg
 
-from chargeback_pipeline import steps
-from chargeback_pipeline.defs.partitions import dates_by_tenant
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
-from chargeback_pipeline.defs.stepping import per_date, run_step
-from chargeback_pipeline.models import ZERO
-from chargeback_pipeline.steps import TenantSession, money
+from chargeback_pipeline.defs.stepping import is_scheduled_refresh, run_step
+from chargeback_pipeline.recalculation import calculate_unless_unchanged
+from chargeback_pipeline.steps import TenantSession
 
 GROUP = "allocate"
-MAX_LISTED_LINES = 20
 
 
-def build_allocate_assets(
+def build_allocate_asset(
     partitions_def: dg.PartitionsDefinition, upstream: list[dg.AssetsDefinition]
-) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+) -> dg.AssetsDefinition:
     by_name = {a.key.to_user_string(): a for a in upstream}
 
     @dg.asset(
@@ -32,49 +33,17 @@ def build_allocate_assets(
         plugin_runtimes: PluginRuntimes,
         tenant_storage: TenantStorage,
     ) -> dg.MaterializeResult:
-        """Every billing line of the day split across identities; committed in one transaction."""
-        return run_step(
-            context, chargeback_config, plugin_runtimes, tenant_storage, per_date(steps.calculate_chargebacks)
-        )
+        """Every billing line of the day split across identities; committed in one transaction.
 
-    @dg.asset_check(asset=chargebacks, partitions_def=partitions_def, blocking=True)
-    def chargebacks_reconcile_with_billing(
-        context: dg.AssetCheckExecutionContext,
-        plugin_runtimes: PluginRuntimes,
-        tenant_storage: TenantStorage,
-    ) -> dg.AssetCheckResult:
-        """For every billing line, its chargeback rows sum exactly to its total cost."""
-        results: dict[str, dict[str, Any]] = {}
-        for tenant, dates in dates_by_tenant(list(context.partition_keys)).items():
-            with tenant_storage.session(tenant, plugin_runtimes) as session:
-                for d in dates:
-                    results[f"{d.isoformat()}|{tenant}"] = reconcile(session, d)
-        passed = all(r["passed"] for r in results.values())
-        metadata = (
-            next(iter(results.values()))
-            if len(results) == 1
-            else {"per_partition": dg.MetadataValue.json(results)}
-        )
-        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+        Runs of the refresh schedule keep a date's current calculation when its inputs
+        did not change (``recalculated: false`` in the metadata); manual runs always
+        recalculate.
+        """
+        skip_unchanged = is_scheduled_refresh(context)
 
-    return chargebacks, chargebacks_reconcile_with_billing
+        def calculate(session: TenantSession, dates: list[date]) -> dict[date, dict[str, Any]]:
+            return {d: calculate_unless_unchanged(session, d, skip_unchanged=skip_unchanged) for d in dates}
 
+        return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, calculate)
 
-def reconcile(session: TenantSession, d: Any) -> dict[str, Any]:
-    """Compare billed and allocated totals per line and for the date (operations.md §7 checks)."""
-    chargebacks = session.db.chargebacks
-    mismatches = [t for t in chargebacks.line_totals(d) if not t.balanced]
-    totals = chargebacks.date_totals(d)
-    passed = not mismatches and totals.billed == totals.allocated
-    return {
-        "passed": passed,
-        "billed_total": money(totals.billed),
-        "allocated_total": money(totals.allocated),
-        "unallocated_total": money(totals.unallocated),
-        "mismatched_lines": len(mismatches),
-        "first_mismatches": "; ".join(
-            f"{t.key}: billed {money(t.billed or ZERO)} allocated {money(t.allocated)}"
-            for t in mismatches[:MAX_LISTED_LINES]
-        )
-        or "none",
-    }
+    return chargebacks

@@ -13,7 +13,8 @@ import dagster as dg
 
 from chargeback_pipeline import steps
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
-from chargeback_pipeline.defs.stepping import run_step
+from chargeback_pipeline.defs.stepping import is_scheduled_refresh, run_step
+from chargeback_pipeline.refresh import emission_is_current
 from chargeback_pipeline.steps import TenantSession
 
 GROUP = "emit"
@@ -40,8 +41,19 @@ def build_sink_asset(
         plugin_runtimes: PluginRuntimes,
         tenant_storage: TenantStorage,
     ) -> dg.MaterializeResult:
+        skip_current = is_scheduled_refresh(context)
+
         def emit(session: TenantSession, dates: list[date]) -> dict[date, dict[str, Any]]:
-            return {d: steps.emit_date(session, emitter_name, d) for d in dates}
+            # A scheduled refresh does not rewrite a date already emitted from its current
+            # calculation (operations.md §10); manual runs always emit.
+            return {
+                d: (
+                    {"status": "already emitted from the current calculation"}
+                    if skip_current and emission_is_current(session.db, emitter_name, d)
+                    else steps.emit_date(session, emitter_name, d)
+                )
+                for d in dates
+            }
 
         return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, emit)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from chargeback_pipeline.errors import StorageError
+from chargeback_pipeline.errors import StorageError, TenantBusyError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class _Waiter:
         self.interval = min(self.interval * 2, MAX_POLL_INTERVAL_S)
 
     def timeout_error(self) -> StorageError:
-        return StorageError(
+        return TenantBusyError(
             f"tenant '{self.tenant_id}': timed out after {self.timeout_s:g}s waiting for the lock "
             f"{self.lock_path}; another run of this tenant still holds it"
         )
