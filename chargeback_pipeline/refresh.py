@@ -83,8 +83,11 @@ def refresh_cron(interval_seconds: int) -> list[str]:
     if minutes >= MINUTES_PER_DAY:
         days = math.ceil(minutes / MINUTES_PER_DAY)
         return ["0 0 * * *" if days == 1 else f"0 0 */{days} * *"]
-    if 60 % minutes == 0:
+    if minutes < 60 and 60 % minutes == 0:
         return ["* * * * *" if minutes == 1 else f"*/{minutes} * * * *"]
+    if minutes % 60 == 0 and MINUTES_PER_DAY % minutes == 0:
+        hours = minutes // 60
+        return ["0 * * * *" if hours == 1 else f"0 */{hours} * * *"]
     hours_by_minute: dict[int, list[int]] = {}
     for offset in range(0, MINUTES_PER_DAY, minutes):
         hours_by_minute.setdefault(offset % 60, []).append(offset // 60)

@@ -66,11 +66,12 @@ def build_schedules(
     freshness_job: dg.UnresolvedAssetJobDefinition,
 ) -> list[dg.ScheduleDefinition]:
     features = loaded.settings.features
+    crons = refresh_cron(features.refresh_interval)
 
     @dg.schedule(
         name=REFRESH_SCHEDULE,
         job=pipeline_job,
-        cron_schedule=refresh_cron(features.refresh_interval),
+        cron_schedule=crons[0] if len(crons) == 1 else crons,
         execution_timezone="UTC",
         default_status=(
             dg.DefaultScheduleStatus.RUNNING
