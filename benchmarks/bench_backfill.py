@@ -126,7 +126,8 @@ def _verify_stores(config: Path, dates: list[date]) -> list[str]:
         path = config.parent / "data" / f"{tenant}.duckdb"
         with duckdb.connect(str(path), read_only=True) as conn:
             row = conn.execute(
-                "SELECT count(DISTINCT billing_date), sum(amount) FROM chargebacks WHERE billing_date BETWEEN ? AND ?",
+                "SELECT count(DISTINCT billing_date), sum(amount) FROM chargebacks "
+                "WHERE billing_date BETWEEN ? AND ?",
                 [dates[0], dates[-1]],
             ).fetchone()
         assert row is not None
