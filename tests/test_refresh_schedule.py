@@ -44,7 +44,7 @@ def enable_refresh(config: Path) -> Path:
 
 def tick(config: Path, instance: dg.DagsterInstance, at: datetime = TICK) -> dg.SensorResult | Any:
     defs = build_definitions(config)
-    schedule = defs.get_schedule_def(REFRESH_SCHEDULE)
+    schedule = defs.resolve_schedule_def(REFRESH_SCHEDULE)
     context = dg.build_schedule_context(
         instance=instance, repository_def=defs.get_repository_def(), scheduled_execution_time=at
     )
@@ -125,12 +125,12 @@ def test_date_ranges_split_on_gaps() -> None:
 
 def test_schedule_is_on_only_when_periodic_refresh_is_enabled(demo_config: Path) -> None:
     def status(config: Path) -> dg.DefaultScheduleStatus:
-        return build_definitions(config).get_schedule_def(REFRESH_SCHEDULE).default_status
+        return build_definitions(config).resolve_schedule_def(REFRESH_SCHEDULE).default_status
 
     assert status(demo_config) == dg.DefaultScheduleStatus.STOPPED  # the demo: manual runs only
     assert status(enable_refresh(demo_config)) == dg.DefaultScheduleStatus.RUNNING
     # Retention runs daily whatever the refresh setting.
-    retention = build_definitions(demo_config).get_schedule_def(RETENTION_SCHEDULE)
+    retention = build_definitions(demo_config).resolve_schedule_def(RETENTION_SCHEDULE)
     assert retention.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
