@@ -156,6 +156,13 @@ def _initialize(tenant_name: str, tenant: TenantConfig, plugin: EcosystemPlugin)
     except ValidationError as exc:
         path, message = pydantic_issues(exc)[0]
         raise _prefixed_config_error(tenant_name, path, message) from None
+    except Exception as exc:
+        # Any other failure (unreachable vendor, rejected credentials) fails this tenant's
+        # runs only; the message must say which tenant and plugin.
+        raise PluginLoadError(
+            f"tenant '{tenant_name}': plugin '{tenant.ecosystem}' failed to initialise: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _prefixed_config_error(tenant_name: str, field_path: str, reason: str) -> PluginConfigError:

@@ -329,7 +329,10 @@ def test_plugin_config_error_is_prefixed_with_the_tenant(
 def test_failing_initialize_still_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FakePlugin, "initialize_error", RuntimeError("cannot reach vendor"))
     with (
-        pytest.raises(RuntimeError, match="cannot reach vendor"),
+        pytest.raises(
+            PluginLoadError,
+            match=r"tenant 'acme': plugin '.*' failed to initialise: RuntimeError: cannot reach vendor",
+        ),
         open_runtime("acme", tenant(tmp_path), registry()),
     ):
         pytest.fail("must not start")
