@@ -440,9 +440,11 @@ def _require_inventory(session: TenantSession, d: date) -> None:
     if session.db.state.get(d).resources_gathered:
         log.warning("tenant '%s': %s: recalculating on a partially refreshed inventory", session.name, d)
         return
-    failed = ", ".join(record["failed_handlers"]) if record else "no gather has run"
+    reason = (
+        f"handler(s) {', '.join(record['failed_handlers'])} failed" if record else "no gather has run yet"
+    )
     raise RuntimeError(
-        f"inventory incomplete for tenant {session.name}: handler(s) {failed} failed; "
+        f"inventory incomplete for tenant {session.name}: {reason}; "
         f"{d} cannot be calculated until a complete gather"
     )
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests run for real: Prometheus (with promtool).
+# Debian packages the integration tests run for real: Prometheus (with promtool), and
+# Chromium for the headless-browser test of the Dagster UI.
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -5,8 +5,10 @@
   than four decimals (operations.md §7). A failure stops the sinks of the run.
 * ``chargebacks_unallocated_share`` (warning): the ``UNALLOCATED`` share of a
   tenant-day is above the tenant's ``checks.unallocated_share_warning_pct``.
-* ``chargebacks_freshness`` (warning, not partitioned, run by its own schedule): a
-  tenant whose latest settled date has not been calculated.
+* ``chargebacks_freshness`` (warning, not partitioned, run hourly by its own schedule
+  and after every chargebacks step): a tenant whose latest settled date has not been
+  calculated. It reads the stores directly (no plugin start-up) and skips a store that
+  a run is writing rather than waiting for it.
 
 The partitioned checks record one evaluation *per partition* even in a range run (a
 backfill with policy ``single_run``), so the UI's check history stays per tenant-day.
@@ -24,16 +26,21 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from chargeback_pipeline import clock
+from chargeback_pipeline.config import TenantConfig
 from chargeback_pipeline.defs.partitions import dates_by_tenant, key_string
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
+from chargeback_pipeline.errors import TenantBusyError
 from chargeback_pipeline.models import ZERO, day_start
-from chargeback_pipeline.refresh import suspension_reason
-from chargeback_pipeline.steps import TenantSession, money
+from chargeback_pipeline.steps import CONSECUTIVE_GATHER_FAILURES, LAST_GATHER_ERROR, TenantSession, money
+from chargeback_pipeline.storage import peek
 
 MAX_LISTED_LINES = 20
 RECONCILE = "chargebacks_reconcile_with_billing"
 UNALLOCATED_SHARE = "chargebacks_unallocated_share"
 FRESHNESS = "chargebacks_freshness"
+# The freshness check runs inside pipeline runs too (a backfill of chargebacks includes
+# it); it must never hold up a run of another tenant.
+FRESHNESS_LOCK_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -86,11 +93,8 @@ def build_checks(
         blocking=False,
         description="Warns about tenants whose latest settled billing date has not been calculated.",
     )
-    def freshness_check(
-        chargeback_config: ChargebackConfig, plugin_runtimes: PluginRuntimes, tenant_storage: TenantStorage
-    ) -> dg.AssetCheckResult:
-        report = freshness_report(chargeback_config, plugin_runtimes, tenant_storage, clock.utc_now())
-        return report.as_result()
+    def freshness_check(chargeback_config: ChargebackConfig) -> dg.AssetCheckResult:
+        return freshness_report(chargeback_config, clock.utc_now()).as_result()
 
     return [reconcile_check, unallocated_check, freshness_check]
 
@@ -254,9 +258,9 @@ def expected_fresh_date(cutoff_days: int, grace_hours: int, now: datetime) -> da
     return candidate
 
 
-def freshness_report(
-    config: ChargebackConfig, runtimes: PluginRuntimes, storage: TenantStorage, now: datetime
-) -> FreshnessReport:
+def freshness_report(config: ChargebackConfig, now: datetime) -> FreshnessReport:
+    """Every configured tenant's freshness. A tenant whose store is busy (a run is writing
+    it) is reported as such, not as stale, and is not waited for."""
     loaded = config.loaded()
     report = FreshnessReport()
     for name in sorted(loaded.tenant_errors):
@@ -265,25 +269,26 @@ def freshness_report(
         expected = expected_fresh_date(tenant.cutoff_days, tenant.checks.freshness_grace_hours, now)
         info: dict[str, Any] = {"expected_date": expected.isoformat()}
         try:
-            info.update(_tenant_freshness(name, tenant.storage_path.exists(), expected, runtimes, storage))
+            summary = peek.summarise(tenant.storage_path, tenant.tenant_id, FRESHNESS_LOCK_TIMEOUT_S)
+        except TenantBusyError:
+            info["note"] = "a run is writing its store; not checked this time"
         except Exception as exc:
             info["problem"] = f"cannot read its store: {type(exc).__name__}: {exc}"
+        else:
+            info.update(_tenant_freshness(tenant, expected, summary))
         report.tenants[name] = info
     return report
 
 
-def _tenant_freshness(
-    name: str, exists: bool, expected: date, runtimes: PluginRuntimes, storage: TenantStorage
-) -> dict[str, Any]:
-    if not exists:
-        return {"latest_calculated": None, "problem": f"{expected} not calculated (nothing calculated yet)"}
-    with storage.session(name, runtimes) as session:
-        calculated = session.db.state.calculated_dates()
-        latest = max(calculated, default=None)
-        info: dict[str, Any] = {"latest_calculated": latest.isoformat() if latest else None}
-        if expected not in calculated:
-            info["problem"] = f"{expected} not calculated (latest calculated: {latest or 'none'})"
-            suspended = suspension_reason(session.db, session.config)
-            if suspended:
-                info["problem"] += f"; {suspended}"
+def _tenant_freshness(tenant: TenantConfig, expected: date, summary: peek.StoreSummary) -> dict[str, Any]:
+    latest = summary.calculated_dates[-1] if summary.calculated_dates else None
+    info: dict[str, Any] = {"latest_calculated": latest.isoformat() if latest else None}
+    if expected in summary.calculated_dates:
         return info
+    problem = f"{expected} not calculated (latest calculated: {latest or 'none'})"
+    failures = int(summary.gather_state.get(CONSECUTIVE_GATHER_FAILURES) or 0)
+    if failures >= tenant.gather_failure_threshold:
+        error = summary.gather_state.get(LAST_GATHER_ERROR) or "unknown error"
+        problem += f"; suspended after {failures} consecutive gather failures: {error}"
+    info["problem"] = problem
+    return info
