@@ -26,6 +26,8 @@ from chargeback_pipeline.storage import open_tenant_db
 TICK = datetime(2026, 3, 9, 6, 0, tzinfo=UTC)
 WINDOW = ("2026-03-01", "2026-03-07")
 TENANTS = {"postgres-prod": "acme-postgres", "redis-cache": "acme-redis"}
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
@@ -283,3 +285,38 @@ def test_suspended_tenants_are_skipped_until_their_settings_change(
     assert [summary(r)[:2] for r in resumed] == [("redis-cache", "full")]
     with db(config, "redis-cache") as store:
         assert store.gather_state.get(CONSECUTIVE_GATHER_FAILURES) == 0
+
+
+# --- sinks follow chargebacks (declarative automation) ------------------------------------------
+
+
+def test_sinks_follow_re_materialised_chargebacks_of_old_dates(
+    demo_config: Path, instance: dg.DagsterInstance
+) -> None:
+    defs = build_definitions(demo_config)
+    job = defs.resolve_job_def(PIPELINE_JOB)
+    emit_csv = dg.AssetKey("emit_csv")
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert baseline.total_requested == 0
+
+    # A full run: the sinks are materialised in the same run, so nothing more is requested.
+    ran = job.execute_in_process(
+        instance=instance,
+        tags={RANGE_START: "2026-03-01|postgres-prod", RANGE_END: "2026-03-07|postgres-prod"},
+    )
+    assert ran.success
+    after_run = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    assert after_run.get_requested_partitions(emit_csv) == set()
+
+    # An operator re-materialises the chargebacks of an old date (not the latest) from the UI.
+    again = job.execute_in_process(
+        instance=instance,
+        partition_key="2026-03-02|postgres-prod",
+        asset_selection=[dg.AssetKey("chargebacks")],
+    )
+    assert again.success
+    follow = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after_run.cursor)
+    assert follow.get_requested_partitions(emit_csv) == {"2026-03-02|postgres-prod"}
+    # Requested once only.
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=follow.cursor)
+    assert settled.get_requested_partitions(emit_csv) == set()
