@@ -37,10 +37,8 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 def enable_refresh(config: Path) -> Path:
-    text = config.read_text(encoding="utf-8").replace(
-        "enable_periodic_refresh: false", "enable_periodic_refresh: true"
-    )
-    config.write_text(text, encoding="utf-8")
+    """The demo has the refresh on; the tests below rely on it."""
+    assert "enable_periodic_refresh: true" in config.read_text(encoding="utf-8")
     return config
 
 
@@ -129,8 +127,14 @@ def test_schedule_is_on_only_when_periodic_refresh_is_enabled(demo_config: Path)
     def status(config: Path) -> dg.DefaultScheduleStatus:
         return build_definitions(config).resolve_schedule_def(REFRESH_SCHEDULE).default_status
 
-    assert status(demo_config) == dg.DefaultScheduleStatus.STOPPED  # the demo: manual runs only
-    assert status(enable_refresh(demo_config)) == dg.DefaultScheduleStatus.RUNNING
+    assert status(demo_config) == dg.DefaultScheduleStatus.RUNNING  # the demo keeps itself up to date
+    demo_config.write_text(
+        demo_config.read_text(encoding="utf-8").replace(
+            "enable_periodic_refresh: true", "enable_periodic_refresh: false"
+        ),
+        encoding="utf-8",
+    )
+    assert status(demo_config) == dg.DefaultScheduleStatus.STOPPED
     # Retention runs daily whatever the refresh setting.
     retention = build_definitions(demo_config).resolve_schedule_def(RETENTION_SCHEDULE)
     assert retention.default_status == dg.DefaultScheduleStatus.RUNNING
