@@ -13,15 +13,16 @@ import pytest
 from chargeback_pipeline.emitters import EmitterContext, registry
 from chargeback_pipeline.emitters import files as files_module
 from chargeback_pipeline.emitters.csv_emitter import (
+    PLACEHOLDERS,
     CsvEmitter,
     CsvOutput,
     format_amount,
     make_csv_emitter,
     neutralise_formula,
     render_csv,
-    template_problem,
     validate_csv_params,
 )
+from chargeback_pipeline.emitters.files import template_problem
 from chargeback_pipeline.models import ChargebackRow, CostType
 
 FEB1 = date(2026, 2, 1)
@@ -410,7 +411,7 @@ def test_bad_templates_are_validation_errors(template: str, message: str) -> Non
     ],
 )
 def test_good_templates(template: str) -> None:
-    assert template_problem(template) is None
+    assert template_problem(template, PLACEHOLDERS) is None
     registry.validate_spec("csv", {"output_dir": "out", "filename_template": template})
 
 
