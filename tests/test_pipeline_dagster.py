@@ -79,6 +79,7 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
         "usage_metrics",
         "chargebacks",
         "emit_csv",
+        "emit_prometheus",
     }
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
@@ -88,6 +89,7 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
     assert parents["usage_metrics"] == {"billing_lines", "inventory"}
     assert parents["resource_deletions"] == {"inventory"}
     assert parents["emit_csv"] == {"chargebacks"}
+    assert parents["emit_prometheus"] == {"chargebacks"}
     partitions = graph.get(dg.AssetKey("chargebacks")).partitions_def
     assert isinstance(partitions, dg.MultiPartitionsDefinition)
     assert {d.name for d in partitions.partitions_defs} == {TENANT_DIM, DATE_DIM}
