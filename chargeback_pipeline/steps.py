@@ -1,4 +1,4 @@
-"""The lifecycle steps as plain functions (spec/operations.md §2–§8).
+"""The lifecycle steps as plain functions (spec/operations.md §2–§7; emission, §8, is in ``emission``).
 
 Dagster assets are thin wrappers around these, so the steps can be tested, timed and
 reasoned about without an orchestrator. Every step works on one tenant, reads its
