@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from chargeback_pipeline.loader import clear_discovery_cache
+from tests.prometheus_support import (
+    SAMPLE_SERIES,
+    PrometheusServer,
+    load_series,
+    series_to_openmetrics,
+    start_prometheus,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "examples" / "demo" / "config.yaml"
@@ -35,3 +42,11 @@ def demo_config(tmp_path: Path, frozen_clock: str) -> Path:
     target.parent.mkdir()
     shutil.copy(DEMO_CONFIG, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def sample_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus holding every series of the sample organisation (2026-03-01 … 03-09)."""
+    workdir = tmp_path_factory.mktemp("sample-prometheus")
+    with start_prometheus(workdir, series_to_openmetrics(load_series(SAMPLE_SERIES))) as server:
+        yield server
