@@ -7,7 +7,6 @@ sample itself: no lookback, interpolation or extrapolation is involved.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
