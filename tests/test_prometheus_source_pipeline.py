@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -100,9 +101,9 @@ def expected_usage() -> dict[str, Decimal]:
 
 
 @pytest.fixture
-def instance() -> dg.DagsterInstance:
+def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as inst:
-        yield inst  # type: ignore[misc]
+        yield inst
 
 
 def test_usage_from_prometheus_drives_the_split_and_an_outage_falls_back(
