@@ -15,7 +15,12 @@ from chargeback_pipeline.models import (
     MetricRow,
     Resource,
 )
-from chargeback_pipeline.principals import label_values, lookup_identities, principal_identity, static_identities
+from chargeback_pipeline.principals import (
+    label_values,
+    lookup_identities,
+    principal_identity,
+    static_identities,
+)
 from chargeback_pipeline.protocols import CostAllocator, MetricsSource, ResolveContext, TenantStore
 from chargeback_plugins.generic_metrics_only.cost_input import ECOSYSTEM
 from chargeback_plugins.generic_metrics_only.settings import CostType, GenericMetricsSettings
@@ -78,7 +83,9 @@ class GenericHandler:
         source = self._settings.identity_source
         if not (source.uses_prometheus and source.discovery_query):
             return None
-        return MetricQuery(key=DISCOVERY_KEY, query_expression=source.discovery_query, label_keys=(source.label,))
+        return MetricQuery(
+            key=DISCOVERY_KEY, query_expression=source.discovery_query, label_keys=(source.label,)
+        )
 
     def _principal(self, tenant_id: str, principal: str) -> Identity:
         return principal_identity(

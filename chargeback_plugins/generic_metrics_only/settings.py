@@ -75,7 +75,9 @@ class GenericMetricsSettings(PluginSettingsBase):
     cluster_id: str = Field(min_length=1)
     display_name: str | None = None
     metrics: MetricsConnection | None = None
-    identity_source: GenericIdentitySource = Field(default_factory=GenericIdentitySource, validate_default=True)
+    identity_source: GenericIdentitySource = Field(
+        default_factory=GenericIdentitySource, validate_default=True
+    )
     cost_types: list[CostType] = Field(min_length=1)
 
     @field_validator("cost_types")

@@ -66,12 +66,28 @@ class SelfManagedKafkaCostInput:
         self, tenant_id: str, day: datetime, samples: dict[str, list[Decimal]]
     ) -> Iterator[BillingLineItem]:
         rates = self._settings.rates
-        yield self._line(tenant_id, day, COMPUTE, Decimal(self._settings.broker_count * HOURS_PER_DAY), rates.compute_hourly)
+        yield self._line(
+            tenant_id,
+            day,
+            COMPUTE,
+            Decimal(self._settings.broker_count * HOURS_PER_DAY),
+            rates.compute_hourly,
+        )
         if not any(samples.values()):
             return
-        yield self._line(tenant_id, day, STORAGE, average_gib_hours(samples[STORAGE]), rates.storage_per_gib_hourly)
-        yield self._line(tenant_id, day, NETWORK_INGRESS, total_gib(samples[NETWORK_INGRESS]), rates.network_ingress_per_gib)
-        yield self._line(tenant_id, day, NETWORK_EGRESS, total_gib(samples[NETWORK_EGRESS]), rates.network_egress_per_gib)
+        yield self._line(
+            tenant_id, day, STORAGE, average_gib_hours(samples[STORAGE]), rates.storage_per_gib_hourly
+        )
+        yield self._line(
+            tenant_id,
+            day,
+            NETWORK_INGRESS,
+            total_gib(samples[NETWORK_INGRESS]),
+            rates.network_ingress_per_gib,
+        )
+        yield self._line(
+            tenant_id, day, NETWORK_EGRESS, total_gib(samples[NETWORK_EGRESS]), rates.network_egress_per_gib
+        )
 
     def _line(
         self, tenant_id: str, day: datetime, product_type: str, quantity: Decimal, unit_price: Decimal

@@ -6,8 +6,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from chargeback_pipeline.models import Identity, IdentityResolution, IdentitySet, MetricQuery, MetricRow, Resource
-from chargeback_pipeline.principals import label_values, lookup_identities, principal_identity, static_identities
+from chargeback_pipeline.models import (
+    Identity,
+    IdentityResolution,
+    IdentitySet,
+    MetricQuery,
+    MetricRow,
+    Resource,
+)
+from chargeback_pipeline.principals import (
+    label_values,
+    lookup_identities,
+    principal_identity,
+    static_identities,
+)
 from chargeback_pipeline.protocols import CostAllocator, ResolveContext, TenantStore
 from chargeback_plugins.self_managed_kafka.admin import AdminInventory
 from chargeback_plugins.self_managed_kafka.allocators import smk_infra_chain, smk_network_chain
@@ -109,7 +121,9 @@ class SelfManagedKafkaHandler:
     @property
     def _use_static(self) -> bool:
         source = self._settings.identity_source
-        return source.uses_static or (not self._discovery.principals_available and bool(source.static_identities))
+        return source.uses_static or (
+            not self._discovery.principals_available and bool(source.static_identities)
+        )
 
     # --- allocation -----------------------------------------------------------------------
 

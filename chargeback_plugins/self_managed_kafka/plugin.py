@@ -8,7 +8,13 @@ from typing import Any, TypeVar
 from chargeback_pipeline import clock
 from chargeback_pipeline.metrics import PrometheusSource
 from chargeback_pipeline.plugin_settings import parse_plugin_settings
-from chargeback_pipeline.protocols import CostAllocator, CostInput, MetricsSource, ServiceHandler, StorageModule
+from chargeback_pipeline.protocols import (
+    CostAllocator,
+    CostInput,
+    MetricsSource,
+    ServiceHandler,
+    StorageModule,
+)
 from chargeback_pipeline.storage import CoreStorageModule
 from chargeback_plugins.self_managed_kafka.admin import AdminInventory, create_admin_client
 from chargeback_plugins.self_managed_kafka.cost_input import ECOSYSTEM, SelfManagedKafkaCostInput
@@ -70,7 +76,9 @@ class SelfManagedKafkaPlugin:
         )
         found = None
         if discovers:
-            found = self._discovery.refresh(_require(self._source), clock.utc_now(), *self._discovery_window())
+            found = self._discovery.refresh(
+                _require(self._source), clock.utc_now(), *self._discovery_window()
+            )
         return SharedContext(cluster=_require(self._handler).cluster_resource(tenant_id), discovery=found)
 
     def close(self) -> None:
