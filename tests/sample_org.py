@@ -103,5 +103,3 @@ def chargeback_key(row: dict[str, str] | ChargebackRow) -> tuple[Any, ...]:
         row["allocation_method"],
         row["allocation_detail"],
     )
-
-

@@ -51,7 +51,9 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def run_days(config: Path, tenant: str, instance: dg.DagsterInstance) -> list[dg.ExecuteInProcessResult]:
     job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
     return [
-        job.execute_in_process(partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False)
+        job.execute_in_process(
+            partition_key=partition_key(tenant, d), instance=instance, raise_on_error=False
+        )
         for d in BILLING_DAYS
     ]
 
