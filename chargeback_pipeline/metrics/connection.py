@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_va
 class MetricsConnection(BaseModel):
     """Where Prometheus is and how to authenticate (prometheus-source.md §1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a mistyped URL or secret is never echoed by a validation error.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: Literal["prometheus"] = "prometheus"
     url: str

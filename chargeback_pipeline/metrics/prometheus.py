@@ -145,9 +145,11 @@ class PrometheusSource:
         try:
             return check_body(text)
         except PrometheusErrorBody as exc:
-            raise MetricsQueryError(str(exc), query, None, expression) from None
+            raise MetricsQueryError(self._redact(str(exc)), query, None, expression) from None
         except InvalidResponse as exc:
-            raise MetricsQueryError(f"invalid response: {exc}", query, None, expression) from None
+            raise MetricsQueryError(
+                f"invalid response: {self._redact(str(exc))}", query, None, expression
+            ) from None
 
     def _post_with_retries(
         self, query: MetricQuery, expression: str, endpoint: str, form: dict[str, str]
