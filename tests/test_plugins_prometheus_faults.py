@@ -133,7 +133,10 @@ def test_unreachable_prometheus_is_a_clear_failure_with_nothing_stored(
     errors = failures(result)
     assert "Exhausted 2 attempts" in errors["billing_lines"]
     assert "cost_PG_" in errors["billing_lines"]
-    assert "discovery" in errors["inventory"]
+    # A failing handler does not fail the inventory step: the gather is marked incomplete.
+    assert "inventory" not in errors
+    inventory = metadata(result, "inventory")
+    assert (inventory["complete"], inventory["failed_handlers"]) == (False, "generic")
     assert stored(config, "generic_metrics_only") == ([], [])
 
 
