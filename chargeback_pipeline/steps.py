@@ -28,6 +28,7 @@ from chargeback_pipeline.models import (
     day_start,
     require_utc,
 )
+from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
 
@@ -65,6 +66,7 @@ def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, 
         if d in failures:
             continue
         results[d] = _store_billing_date(session, d, by_date.get(d, []))
+        results[d]["cost_types_without_data"] = ", ".join(_cost_gaps(session, d)) or "none"
     if failures:
         details = "; ".join(f"{d}: {err}" for d, err in sorted(failures.items()))
         raise RuntimeError(
@@ -127,6 +129,16 @@ def _assign_to_dates(
             first,
         )
     return dict(by_date)
+
+
+def _cost_gaps(session: TenantSession, d: date) -> list[str]:
+    cost_input = session.runtime.cost_input
+    if not isinstance(cost_input, ReportsCostGaps):
+        return []
+    gaps = sorted(cost_input.cost_types_without_data(d))
+    if gaps:
+        log.warning("tenant '%s': %s: no data for cost type(s) %s", session.name, d, ", ".join(gaps))
+    return gaps
 
 
 def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLineItem]) -> dict[str, Any]:

@@ -50,8 +50,7 @@ def stub() -> Iterator[StubPrometheus]:
 def source_for(url: str, **kwargs: object) -> PrometheusSource:
     options: dict[str, object] = {"backoff_base_seconds": 0.01, "timeout_seconds": 5.0}
     options.update(kwargs)
-    connection_fields = {k: options.pop(k) for k in list(options) if k in MetricsConnection.model_fields}
-    return PrometheusSource(MetricsConnection(url=url, **connection_fields), **options)  # type: ignore[arg-type]
+    return PrometheusSource(MetricsConnection(url=url, **options))  # type: ignore[arg-type]
 
 
 def hours(n: int, value: str = "1") -> list[tuple[float, str]]:

@@ -55,8 +55,7 @@ tenants:
       users: [analyst, app_billing, app_orders, batch_job]
       usage_query: "sum by (user) (pg_stat_activity_count{{}})"
       usage_label: user
-      backoff_base_seconds: 0.01
-      metrics: {{type: prometheus, url: "{url}"}}
+      metrics: {{type: prometheus, url: "{url}", backoff_base_seconds: 0.01}}
 """,
         encoding="utf-8",
     )

@@ -54,7 +54,7 @@ def log_size_series() -> list[tuple[dict[str, str], dict[int, Decimal]]]:
 
 
 def source_for(url: str, **kwargs: float) -> PrometheusSource:
-    return PrometheusSource(MetricsConnection(url=url), backoff_base_seconds=0.01, **kwargs)  # type: ignore[arg-type]
+    return PrometheusSource(MetricsConnection(url=url, backoff_base_seconds=0.01, **kwargs))  # type: ignore[arg-type]
 
 
 def day_hours() -> list[datetime]:

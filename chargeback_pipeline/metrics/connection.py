@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class MetricsConnection(BaseModel):
@@ -26,6 +26,11 @@ class MetricsConnection(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     bearer_token: SecretStr | None = None
+    # Operational knobs (not in the spec's table): the defaults are the spec's values;
+    # a Prometheus behind a slow gateway may need a longer timeout, tests a short backoff.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
 
     @field_validator("url")
     @classmethod

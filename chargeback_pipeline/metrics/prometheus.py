@@ -50,17 +50,11 @@ class PrometheusSource:
     def __init__(
         self,
         connection: MetricsConnection,
-        *,
-        timeout_seconds: float = 30.0,
-        max_attempts: int = 4,
-        backoff_base_seconds: float = 1.0,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
         self._connection = connection
-        self._timeout = timeout_seconds
-        self._max_attempts = max_attempts
-        self._backoff_base = backoff_base_seconds
+        self._timeout = connection.timeout_seconds
+        self._max_attempts = connection.max_attempts
+        self._backoff_base = connection.backoff_base_seconds
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         # Credential spellings a misbehaving server might echo back; filled with the client.
