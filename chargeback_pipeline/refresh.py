@@ -16,8 +16,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from chargeback_pipeline import clock
-from chargeback_pipeline.config import EmitterSpec, TenantConfig
+from chargeback_pipeline import clock, emission
+from chargeback_pipeline.config import TenantConfig
 from chargeback_pipeline.loader import discover_plugins
 from chargeback_pipeline.runtime import open_runtime
 from chargeback_pipeline.steps import (
@@ -184,7 +184,9 @@ def plan_tenant_refresh(db: TenantDatabase | None, tenant: TenantConfig, now: da
     recalculate = [d for d in pending_calc if d not in covered]
     covered |= set(recalculate)
     emit = {
-        spec.name: [d for d in pending_emissions(db, spec, today) if d not in covered and d >= first_allowed]
+        spec.name: [
+            d for d in emission.pending_dates(db, spec, today) if d not in covered and d >= first_allowed
+        ]
         for spec in tenant.plugin_settings.emitters
     }
     return TenantRefresh(
@@ -202,29 +204,3 @@ def _mode(db: TenantDatabase, tenant: TenantConfig, now: datetime) -> RefreshMod
         return "full"
     gap = timedelta(seconds=tenant.plugin_settings.min_refresh_gap_seconds)
     return "full" if now - datetime.fromisoformat(last_ok) >= gap else "throttled"
-
-
-def pending_emissions(db: TenantDatabase, spec: EmitterSpec, today: date) -> list[date]:
-    """Dates the emitter still has to write (emitters.md §6), oldest first."""
-    records = db.emissions.for_emitter(spec.name)
-    oldest = today - timedelta(days=spec.lookback_days) if spec.lookback_days is not None else None
-    pending = []
-    for state in db.state.all():
-        if not state.chargeback_calculated or (oldest is not None and state.billing_date < oldest):
-            continue
-        record = records.get(state.billing_date)
-        if record is None or record.status == "failed" or record.calculation_id != state.calculation_id:
-            pending.append(state.billing_date)
-    return pending
-
-
-def emission_is_current(db: TenantDatabase, emitter_name: str, d: date) -> bool:
-    """True when ``d`` was already emitted successfully from its current calculation."""
-    state = db.state.get(d)
-    record = db.emissions.get(emitter_name, d)
-    return (
-        state.chargeback_calculated
-        and record is not None
-        and record.status == "emitted"
-        and record.calculation_id == state.calculation_id
-    )

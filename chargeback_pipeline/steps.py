@@ -1,4 +1,4 @@
-"""The lifecycle steps as plain functions (spec/operations.md §2–§8).
+"""The lifecycle steps as plain functions (spec/operations.md §2–§7; emission, §8, is in ``emission``).
 
 Dagster assets are thin wrappers around these, so the steps can be tested, timed and
 reasoned about without an orchestrator. Every step works on one tenant, reads its
@@ -8,7 +8,6 @@ failed step leaves the partition exactly as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections import defaultdict
@@ -17,12 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from chargeback_pipeline.calculation import UsageGroup, calculate_date
 from chargeback_pipeline.config import TenantConfig
-from chargeback_pipeline.emitters import aggregation, registry
 from chargeback_pipeline.models import (
     ZERO,
     BillingLineItem,
@@ -31,6 +28,7 @@ from chargeback_pipeline.models import (
     day_start,
     require_utc,
 )
+from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
 
@@ -69,6 +67,7 @@ def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, 
         if d in failures:
             continue
         results[d] = _store_billing_date(session, d, by_date.get(d, []))
+        results[d]["cost_types_without_data"] = ", ".join(_cost_gaps(session, d)) or "none"
     if failures:
         details = "; ".join(f"{d}: {err}" for d, err in sorted(failures.items()))
         raise RuntimeError(
@@ -131,6 +130,16 @@ def _assign_to_dates(
             first,
         )
     return dict(by_date)
+
+
+def _cost_gaps(session: TenantSession, d: date) -> list[str]:
+    cost_input = session.runtime.cost_input
+    if not isinstance(cost_input, ReportsCostGaps):
+        return []
+    gaps = sorted(cost_input.cost_types_without_data(d))
+    if gaps:
+        log.warning("tenant '%s': %s: no data for cost type(s) %s", session.name, d, ", ".join(gaps))
+    return gaps
 
 
 def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLineItem]) -> dict[str, Any]:
@@ -351,6 +360,7 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     runtime = session.runtime
     groups = _usage_groups(session, session.db.billing.find_by_date(d))
     results: dict[UsageKey, UsageGroup] = {}
+    failures: list[str] = []
     source = runtime.metrics_source
     if source is not None and groups:
         step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
@@ -364,9 +374,11 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
             try:
                 results[key] = UsageGroup(rows=future.result(), fetch_failed=False)
             except Exception as exc:
-                log.warning(
-                    "tenant '%s': %s: usage fetch failed for %s: %s", session.name, d, key[0], _describe(exc)
-                )
+                # A MetricsQueryError names the query key, the expression and the reason,
+                # never a credential; the tenant and the group are added here.
+                failure = f"{key[0]} [{key[1].isoformat()}, {key[2].isoformat()}): {_describe(exc)}"
+                log.warning("tenant '%s': %s: usage fetch failed for %s", session.name, d, failure)
+                failures.append(failure)
                 results[key] = UsageGroup(rows=None, fetch_failed=True)
     with session.db.transaction():
         session.db.usage.replace_date(d, results)
@@ -384,6 +396,7 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
         "groups_with_queries": len(groups),
         "groups_fetched": len(results) - failed,
         "groups_failed": failed,
+        "failed_groups": _first_of(failures, 5) or "none",
         "metric_rows": rows,
         "metrics_source": type(source).__name__ if source is not None else "none",
     }
@@ -449,75 +462,18 @@ def _require_inventory(session: TenantSession, d: date) -> None:
     )
 
 
-# --- emission --------------------------------------------------------------------------
-
-
-def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, Any]:
-    """Run one emitter of the tenant for ``d`` and record the outcome (emitters.md §6–§7)."""
-    spec = next((s for s in session.runtime.settings_base.emitters if s.name == emitter_name), None)
-    if spec is None:
-        return {"status": "not configured for this tenant"}
-    db = session.db
-    state = db.state.get(d)
-    if not state.chargeback_calculated:
-        raise RuntimeError(f"tenant '{session.name}': {d} has no committed chargebacks to emit")
-    backend = db.storage_backend()
-    bucket_start, bucket_end = aggregation.bucket_range(d, spec.aggregation)
-    if spec.aggregation in ("daily", "monthly"):
-        rows = backend.chargebacks_aggregated(
-            bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day"
-        )
-    else:
-        rows = backend.chargebacks_for_date(d)
-    emitter = registry.get(spec.type, dict(spec.params), backend, context=session_emitter_context(session))
-    try:
-        emitter(session.runtime.tenant_id, bucket_start, rows)
-    except Exception as exc:
-        with db.transaction():
-            db.emissions.record(emitter_name, d, "failed", state.calculation_id, len(rows))
-        raise RuntimeError(
-            f"tenant '{session.name}': emitter '{emitter_name}' failed for {d}: {_describe(exc)}"
-        ) from exc
-    with db.transaction():
-        db.emissions.record(emitter_name, d, "emitted", state.calculation_id, len(rows))
-    log.info("tenant '%s': %s: emitter '%s' wrote %d rows", session.name, d, emitter_name, len(rows))
-    return {
-        "status": "emitted",
-        "emitter_type": spec.type,
-        "rows": len(rows),
-        "calculation_id": state.calculation_id,
-        **_output_metadata(getattr(emitter, "last_output", None)),
-    }
-
-
-def session_emitter_context(session: TenantSession) -> registry.EmitterContext:
-    return registry.EmitterContext(
-        tenant_name=session.name,
-        ecosystem=session.runtime.ecosystem,
-        extra_key_fields=session.runtime.extra_key_fields,
-    )
-
-
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _output_metadata(output: object) -> dict[str, Any]:
-    """What an emitter reports it wrote (path, rows, bytes), as plain metadata values."""
-    if output is None:
-        return {}
-    fields = (
-        dataclasses.asdict(output)
-        if dataclasses.is_dataclass(output) and not isinstance(output, type)
-        else output
-    )
-    if not isinstance(fields, dict):
-        return {}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None}
 
 
 def money(value: Decimal) -> str:
     """Money in metadata is shown as an exact 4-dp string, never a float."""
     return f"{value:.4f}"
+
+
+def _first_of(items: Sequence[str], limit: int) -> str:
+    """The first ``limit`` items joined for metadata, with a count of the rest."""
+    more = f"; … {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
 
 
 def _describe(exc: BaseException) -> str:
