@@ -39,7 +39,15 @@ TENANTS = {
     "postgres-prod": ("acme-postgres", Decimal("38.1216")),
     "redis-cache": ("acme-redis", Decimal("10.1880")),
 }
-ASSETS = ["billing_lines", "inventory", "resource_deletions", "usage_metrics", "chargebacks", "emit_csv"]
+ASSETS = [
+    "billing_lines",
+    "inventory",
+    "resource_deletions",
+    "usage_metrics",
+    "chargebacks",
+    "emit_csv",
+    "emit_prometheus",
+]
 
 CHECKS = """
 query($check: String!, $limit: Int!) {

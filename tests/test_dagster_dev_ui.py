@@ -19,7 +19,15 @@ from typing import Any
 from tests.browser import rendered_dom, screenshot
 from tests.dagster_dev import dagster_dev
 
-ASSETS = ["billing_lines", "inventory", "resource_deletions", "usage_metrics", "chargebacks", "emit_csv"]
+ASSETS = [
+    "billing_lines",
+    "inventory",
+    "resource_deletions",
+    "usage_metrics",
+    "chargebacks",
+    "emit_csv",
+    "emit_prometheus",
+]
 DATES = ["2026-03-05", "2026-03-06", "2026-03-07"]
 TENANTS = ["postgres-prod", "redis-cache"]
 BACKFILL_TIMEOUT_S = 300

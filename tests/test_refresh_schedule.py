@@ -180,7 +180,7 @@ def test_refresh_runs_keep_unchanged_dates_and_a_throttled_tick_has_nothing_to_d
     assert all(m["recalculated"] is False for m in pg2.values())
     assert {k: m["calculation_id"] for k, m in pg2.items()} == calc_ids
     emitted = partition_metadata(rerun[0], "emit_csv")
-    assert {m["status"] for m in emitted.values()} == {"already emitted from the current calculation"}
+    assert {m["status"] for m in emitted.values()} == {"already emitted"}
     assert csv.stat().st_mtime_ns == csv_stat.st_mtime_ns
 
 
@@ -229,9 +229,15 @@ def test_pending_work_outside_the_window_gets_its_own_runs(
             "recalculate",
             "2026-02-20|postgres-prod",
             "2026-02-20|postgres-prod",
-            ["chargebacks", "emit_csv"],
+            ["chargebacks", "emit_csv", "emit_prometheus"],
         ),
-        ("postgres-prod", "emit", "2026-03-02|postgres-prod", "2026-03-02|postgres-prod", ["emit_csv"]),
+        (
+            "postgres-prod",
+            "emit",
+            "2026-03-02|postgres-prod",
+            "2026-03-02|postgres-prod",
+            ["emit_csv", "emit_prometheus"],
+        ),
     ]
     for request in requests:
         execute(config, instance, request)

@@ -82,7 +82,7 @@ def test_retention_job_removes_what_left_the_window_and_says_what(
     removed = metadata["removed_by_table"]
     assert metadata["first_kept_date"] == "2026-03-04"
     assert removed["chargebacks"] == 3 * 15 and removed["billing_lines"] == 3 * 3
-    assert removed["pipeline_state"] == 3 and removed["emission_state"] == 3
+    assert removed["pipeline_state"] == 3 and removed["emission_state"] == 3 * 2  # csv + prometheus
     assert removed["calculation_inputs"] == 3 and removed["identities"] == 1
     assert metadata["rows_removed"] == sum(removed.values())
     with pg_db(config) as db:
