@@ -68,7 +68,7 @@ def test_lineage_in_chromium_and_a_backfill_through_graphql(demo_config: Path, t
         encoding="utf-8",
     )
     with dagster_dev(demo_config, tmp_path / "dagster_home") as dev:
-        lineage_url = f"{dev.url}/assets/emit_csv?view=lineage&lineageScope=upstream&lineageDepth=5"
+        lineage_url = f"{dev.url}/assets/chargebacks?view=lineage&lineageScope=neighbors&lineageDepth=5"
         dom = rendered_dom(lineage_url)
         for name in [*ASSETS, "gather", "allocate", "emit"]:
             assert name in dom, f"{name} missing from the rendered lineage page"
