@@ -65,7 +65,9 @@ tenants:
         {extra_api}
       billing_api: {{days_per_query: {MANIFEST["ccloud"]["days_per_query"]}}}
       flink:
-        - {{region_id: us-east-1, key: ${{FLINK_KEY}}, secret: ${{FLINK_SECRET}}}}
+        - region_id: us-east-1
+          key: ${{FLINK_KEY}}
+          secret: ${{FLINK_SECRET}}
 {metrics}      emitters: {emitters}
 """
 
