@@ -1,16 +1,18 @@
-"""Helpers plugins use to validate their ``plugin_settings`` with pydantic.
+"""Building blocks plugins use for their ``plugin_settings`` (validated with pydantic).
 
-Lives in the core so that every plugin reports settings errors the same way: one
-``PluginConfigError`` per problem path, never echoing the offending value (it may be
-a secret).
+Lives in the core so that every plugin reports settings errors the same way (one
+``PluginConfigError`` naming the field, never echoing the offending value, which may
+be a secret) and shares the common pieces: exact decimal rates and the identity
+source of metric-driven plugins (static identities, principal → team mapping).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from chargeback_pipeline.errors import PluginConfigError
 
@@ -29,3 +31,54 @@ def parse_plugin_settings(model: type[ModelT], raw: Mapping[str, Any]) -> ModelT
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more problem(s))"
         raise PluginConfigError(field, message) from None
+
+
+def _exact_rate(value: Any) -> Decimal:
+    """``Decimal(str(value))`` so ``0.1`` in YAML stays exactly 0.1; rates are never negative."""
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal number")
+    try:
+        parsed = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValueError("must be a decimal number") from None
+    if not parsed.is_finite():
+        raise ValueError("must be a finite decimal number")
+    if parsed < 0:
+        raise ValueError("must be >= 0")
+    return parsed
+
+
+Rate = Annotated[Decimal, BeforeValidator(_exact_rate)]
+
+
+class StrictSettings(BaseModel):
+    """Nested plugin settings: unknown keys are typos, so they are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StaticIdentity(StrictSettings):
+    identity_id: str = Field(min_length=1)
+    identity_type: str = "principal"
+    display_name: str | None = None
+    team: str | None = None
+
+
+class IdentitySourceSettings(StrictSettings):
+    """Where a metric-driven plugin finds identities: Prometheus labels, a static list, or both."""
+
+    source: Literal["prometheus", "static", "both"] = "prometheus"
+    principal_to_team: dict[str, str] = Field(default_factory=dict)
+    default_team: str = "UNASSIGNED"
+    static_identities: list[StaticIdentity] = Field(default_factory=list)
+
+    @property
+    def uses_prometheus(self) -> bool:
+        return self.source in ("prometheus", "both")
+
+    @property
+    def uses_static(self) -> bool:
+        return self.source in ("static", "both")
+
+    def team_of(self, principal: str) -> str:
+        return self.principal_to_team.get(principal, self.default_team)

@@ -135,6 +135,17 @@ class CostInput(Protocol):
 
 
 @runtime_checkable
+class ReportsCostGaps(Protocol):
+    """Optional for a cost input: the cost types that had no data on a day it gathered.
+
+    Metric-derived costs yield no line on a day whose series are empty; saying which
+    ones lets the billing step's metadata show a gap instead of a silently smaller bill.
+    """
+
+    def cost_types_without_data(self, d: date) -> Sequence[str]: ...
+
+
+@runtime_checkable
 class MetricsSource(Protocol):
     def query(
         self,

@@ -31,6 +31,7 @@ from chargeback_pipeline.models import (
     day_start,
     require_utc,
 )
+from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
 
@@ -68,6 +69,7 @@ def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, 
         if d in failures:
             continue
         results[d] = _store_billing_date(session, d, by_date.get(d, []))
+        results[d]["cost_types_without_data"] = ", ".join(_cost_gaps(session, d)) or "none"
     if failures:
         details = "; ".join(f"{d}: {err}" for d, err in sorted(failures.items()))
         raise RuntimeError(
@@ -130,6 +132,16 @@ def _assign_to_dates(
             first,
         )
     return dict(by_date)
+
+
+def _cost_gaps(session: TenantSession, d: date) -> list[str]:
+    cost_input = session.runtime.cost_input
+    if not isinstance(cost_input, ReportsCostGaps):
+        return []
+    gaps = sorted(cost_input.cost_types_without_data(d))
+    if gaps:
+        log.warning("tenant '%s': %s: no data for cost type(s) %s", session.name, d, ", ".join(gaps))
+    return gaps
 
 
 def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLineItem]) -> dict[str, Any]:
@@ -349,6 +361,7 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     runtime = session.runtime
     groups = _usage_groups(session, session.db.billing.find_by_date(d))
     results: dict[UsageKey, UsageGroup] = {}
+    failures: list[str] = []
     source = runtime.metrics_source
     if source is not None and groups:
         step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
@@ -362,9 +375,11 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
             try:
                 results[key] = UsageGroup(rows=future.result(), fetch_failed=False)
             except Exception as exc:
-                log.warning(
-                    "tenant '%s': %s: usage fetch failed for %s: %s", session.name, d, key[0], _describe(exc)
-                )
+                # A MetricsQueryError names the query key, the expression and the reason,
+                # never a credential; the tenant and the group are added here.
+                failure = f"{key[0]} [{key[1].isoformat()}, {key[2].isoformat()}): {_describe(exc)}"
+                log.warning("tenant '%s': %s: usage fetch failed for %s", session.name, d, failure)
+                failures.append(failure)
                 results[key] = UsageGroup(rows=None, fetch_failed=True)
     with session.db.transaction():
         session.db.usage.replace_date(d, results)
@@ -382,6 +397,7 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
         "groups_with_queries": len(groups),
         "groups_fetched": len(results) - failed,
         "groups_failed": failed,
+        "failed_groups": _first_of(failures, 5) or "none",
         "metric_rows": rows,
         "metrics_source": type(source).__name__ if source is not None else "none",
     }
@@ -514,6 +530,12 @@ def _output_metadata(output: object) -> dict[str, Any]:
 def money(value: Decimal) -> str:
     """Money in metadata is shown as an exact 4-dp string, never a float."""
     return f"{value:.4f}"
+
+
+def _first_of(items: Sequence[str], limit: int) -> str:
+    """The first ``limit`` items joined for metadata, with a count of the rest."""
+    more = f"; … {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
 
 
 def _describe(exc: BaseException) -> str:

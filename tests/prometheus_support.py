@@ -175,6 +175,18 @@ class PrometheusServer:
         self.stop()
 
 
+def clone_prometheus(server: PrometheusServer, workdir: Path) -> PrometheusServer:
+    """A second, independently stoppable server over a copy of ``server``'s blocks."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir / "data"
+    shutil.copytree(
+        server.data_dir,
+        data_dir,
+        ignore=shutil.ignore_patterns("lock", "wal", "chunks_head", "queries.active"),
+    )
+    return PrometheusServer(workdir, data_dir).start()
+
+
 def start_prometheus(workdir: Path, openmetrics: str | Path | None = None) -> PrometheusServer:
     """A started server over ``workdir/data``, loaded from ``openmetrics`` when given."""
     workdir.mkdir(parents=True, exist_ok=True)

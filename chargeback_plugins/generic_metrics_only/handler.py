@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
+from chargeback_pipeline import clock
 from chargeback_pipeline.allocation import generic_even_chain, generic_usage_chain
 from chargeback_pipeline.models import (
     Identity,
@@ -14,11 +15,19 @@ from chargeback_pipeline.models import (
     MetricRow,
     Resource,
 )
-from chargeback_pipeline.protocols import CostAllocator, ResolveContext, TenantStore
+from chargeback_pipeline.principals import (
+    label_values,
+    lookup_identities,
+    principal_identity,
+    static_identities,
+)
+from chargeback_pipeline.protocols import CostAllocator, MetricsSource, ResolveContext, TenantStore
 from chargeback_plugins.generic_metrics_only.cost_input import ECOSYSTEM
-from chargeback_plugins.generic_metrics_only.settings import GenericMetricsSettings
+from chargeback_plugins.generic_metrics_only.settings import CostType, GenericMetricsSettings
 
 CLUSTER_RESOURCE_TYPE = "cluster"
+DISCOVERY_KEY = "discovery"
+DISCOVERY_WINDOW = timedelta(hours=1)
 
 
 def usage_key(cost_type_name: str) -> str:
@@ -31,17 +40,11 @@ class GenericHandler:
     service_type = "generic"
     gathered_resource_types: Sequence[str] = (CLUSTER_RESOURCE_TYPE,)
 
-    def __init__(self, settings: GenericMetricsSettings, tenant_id: str = "") -> None:
+    def __init__(self, settings: GenericMetricsSettings, source: MetricsSource | None) -> None:
         self._settings = settings
+        self._source = source
         self._cost_types = {c.name: c for c in settings.cost_types}
-        self._allocators: dict[str, CostAllocator] = {}
-        for cost_type in settings.cost_types:
-            if cost_type.allocation_strategy == "usage_ratio":
-                assert cost_type.allocation_label is not None  # enforced by settings validation
-                chain = generic_usage_chain(usage_key(cost_type.name), cost_type.allocation_label)
-            else:
-                chain = generic_even_chain()
-            self._allocators[cost_type.name] = chain
+        self._allocators = {c.name: _chain(c) for c in settings.cost_types}
 
     @property
     def handles_product_types(self) -> Sequence[str]:
@@ -59,8 +62,35 @@ class GenericHandler:
         )
 
     def gather_identities(self, tenant_id: str, store: TenantStore) -> Iterator[Identity]:
-        if self._settings.identity_source.uses_static:
-            yield from self._static_identities(tenant_id)
+        source = self._settings.identity_source
+        if source.uses_prometheus:
+            for principal in self._discover():
+                yield self._principal(tenant_id, principal)
+        if source.uses_static:
+            yield from static_identities(ECOSYSTEM, tenant_id, source)
+
+    def _discover(self) -> list[str]:
+        """Label values of the discovery query over the last hour; errors fail the gather."""
+        if self._source is None or self._discovery_query is None:
+            return []
+        now = clock.utc_now()
+        step = timedelta(seconds=self._settings.metrics_step_seconds)
+        rows = self._source.query([self._discovery_query], now - DISCOVERY_WINDOW, now, step)
+        return label_values(rows, self._settings.identity_source.label)
+
+    @property
+    def _discovery_query(self) -> MetricQuery | None:
+        source = self._settings.identity_source
+        if not (source.uses_prometheus and source.discovery_query):
+            return None
+        return MetricQuery(
+            key=DISCOVERY_KEY, query_expression=source.discovery_query, label_keys=(source.label,)
+        )
+
+    def _principal(self, tenant_id: str, principal: str) -> Identity:
+        return principal_identity(
+            ECOSYSTEM, tenant_id, principal, self._settings.identity_source, raw_principal_metadata=False
+        )
 
     def resolve_identities(
         self,
@@ -73,10 +103,16 @@ class GenericHandler:
         context: ResolveContext | None = None,
     ) -> IdentityResolution:
         resolution = IdentityResolution()
-        if self._settings.identity_source.uses_static:
-            resolution.resource_active = IdentitySet(self._static_identities(tenant_id))
+        source = self._settings.identity_source
+        if source.uses_static:
+            resolution.resource_active = IdentitySet(static_identities(ECOSYSTEM, tenant_id, source))
         if metrics_data:
-            resolution.metrics_derived = IdentitySet(self._metric_identities(tenant_id, metrics_data))
+            resolution.metrics_derived = lookup_identities(
+                label_values(metrics_data, source.label),
+                store,
+                context,
+                lambda principal: self._principal(tenant_id, principal),
+            )
         return resolution
 
     def get_metrics_for_product_type(self, product_type: str) -> list[MetricQuery]:
@@ -92,14 +128,8 @@ class GenericHandler:
                     label_keys=(cost_type.allocation_label,),
                 )
             ]
-        source = self._settings.identity_source
-        if source.uses_prometheus and source.discovery_query:
-            return [
-                MetricQuery(
-                    key="discovery", query_expression=source.discovery_query, label_keys=(source.label,)
-                )
-            ]
-        return []
+        discovery = self._discovery_query
+        return [discovery] if discovery is not None else []
 
     def get_allocator(self, product_type: str) -> CostAllocator:
         try:
@@ -107,32 +137,9 @@ class GenericHandler:
         except KeyError:
             raise ValueError(f"Unknown product type: {product_type}") from None
 
-    def _team(self, identity_id: str, explicit: str | None = None) -> str:
-        source = self._settings.identity_source
-        return explicit or source.principal_to_team.get(identity_id, source.default_team)
 
-    def _static_identities(self, tenant_id: str) -> Iterator[Identity]:
-        for static in self._settings.identity_source.static_identities:
-            yield Identity(
-                ecosystem=ECOSYSTEM,
-                tenant_id=tenant_id,
-                identity_id=static.identity_id,
-                identity_type=static.identity_type,
-                display_name=static.display_name or static.identity_id,
-                metadata={"team": self._team(static.identity_id, static.team)},
-            )
-
-    def _metric_identities(
-        self, tenant_id: str, metrics_data: dict[str, list[MetricRow]]
-    ) -> Iterator[Identity]:
-        label = self._settings.identity_source.label
-        seen = sorted({row.labels.get(label, "") for rows in metrics_data.values() for row in rows} - {""})
-        for identity_id in seen:
-            yield Identity(
-                ecosystem=ECOSYSTEM,
-                tenant_id=tenant_id,
-                identity_id=identity_id,
-                identity_type="principal",
-                display_name=identity_id,
-                metadata={"team": self._team(identity_id)},
-            )
+def _chain(cost_type: CostType) -> CostAllocator:
+    if cost_type.allocation_strategy == "usage_ratio":
+        assert cost_type.allocation_label is not None  # enforced by settings validation
+        return generic_usage_chain(usage_key(cost_type.name), cost_type.allocation_label)
+    return generic_even_chain()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from chargeback_pipeline.errors import PluginConfigError
+from chargeback_pipeline.metrics import PrometheusSource
 from chargeback_pipeline.plugin_settings import parse_plugin_settings
 from chargeback_pipeline.protocols import (
     CostAllocator,
@@ -25,28 +25,32 @@ class GenericMetricsPlugin:
     """Prices any service from user-defined cost types (spec/generic-metrics.md)."""
 
     ecosystem = ECOSYSTEM
+    settings_model = GenericMetricsSettings
 
     def __init__(self) -> None:
-        self._settings: GenericMetricsSettings | None = None
+        self._source: PrometheusSource | None = None
         self._handler: GenericHandler | None = None
         self._cost_input: GenericCostInput | None = None
 
     def validate_settings(self, config: dict[str, Any]) -> None:
-        self._parse(config)
+        parse_plugin_settings(GenericMetricsSettings, config)
 
     def initialize(self, config: dict[str, Any]) -> None:
-        self._settings = self._parse(config)
-        self._handler = GenericHandler(self._settings)
-        self._cost_input = GenericCostInput(self._settings)
+        settings = parse_plugin_settings(GenericMetricsSettings, config)
+        # Without metrics settings (fixed costs, static identities) no source exists and
+        # the usage step has nothing to fetch; the bill still comes from the rates.
+        self._source = PrometheusSource(settings.metrics) if settings.metrics is not None else None
+        self._handler = GenericHandler(settings, self._source)
+        self._cost_input = GenericCostInput(settings, self._source)
 
     def get_service_handlers(self) -> dict[str, ServiceHandler]:
-        return {GenericHandler.service_type: self._require(self._handler)}
+        return {GenericHandler.service_type: _require(self._handler)}
 
     def get_cost_input(self) -> CostInput:
-        return self._require(self._cost_input)
+        return _require(self._cost_input)
 
     def get_metrics_source(self) -> MetricsSource | None:
-        return None
+        return self._source
 
     def get_storage_module(self) -> StorageModule:
         return CoreStorageModule()
@@ -58,25 +62,14 @@ class GenericMetricsPlugin:
         return None
 
     def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
         self._handler = None
         self._cost_input = None
 
-    @staticmethod
-    def _parse(config: dict[str, Any]) -> GenericMetricsSettings:
-        settings = parse_plugin_settings(GenericMetricsSettings, config)
-        if settings.needs_metrics:
-            # The Prometheus metrics source lands with issue #3; refuse loudly rather
-            # than silently billing nothing for metric-derived cost types.
-            raise PluginConfigError(
-                "metrics",
-                "metric-derived cost types, usage_ratio allocation and Prometheus identity "
-                "discovery need the Prometheus metrics source, which this version does not "
-                "ship yet; use 'fixed' cost types with identity_source.source: static",
-            )
-        return settings
 
-    @staticmethod
-    def _require(component: T | None) -> T:
-        if component is None:
-            raise RuntimeError("generic_metrics_only plugin used before initialize()")
-        return component
+def _require(component: T | None) -> T:
+    if component is None:
+        raise RuntimeError("generic_metrics_only plugin used before initialize()")
+    return component

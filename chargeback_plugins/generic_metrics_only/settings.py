@@ -2,42 +2,30 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from chargeback_pipeline.config import PluginSettingsBase
+from chargeback_pipeline.metrics import MetricsConnection
+from chargeback_pipeline.plugin_settings import IdentitySourceSettings, Rate, StrictSettings
 
 
-def _exact_decimal(value: Any) -> Decimal:
-    """Rates are parsed with ``Decimal(str(value))`` so ``0.1`` in YAML stays exactly 0.1."""
-    if isinstance(value, bool):
-        raise ValueError("must be a decimal number")
-    try:
-        parsed = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise ValueError("must be a decimal number") from None
-    if not parsed.is_finite():
-        raise ValueError("must be a finite decimal number")
-    return parsed
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FixedQuantity(_Strict):
+class FixedQuantity(StrictSettings):
     type: Literal["fixed"]
     count: int = Field(gt=0)
 
 
-class StorageGibQuantity(_Strict):
+class StorageGibQuantity(StrictSettings):
+    """A size gauge in bytes, averaged over the day (GiB-hours)."""
+
     type: Literal["storage_gib"]
     query: str = Field(min_length=1)
 
 
-class NetworkGibQuantity(_Strict):
+class NetworkGibQuantity(StrictSettings):
+    """Per-interval byte increases, summed over the day (GiB)."""
+
     type: Literal["network_gib"]
     query: str = Field(min_length=1)
 
@@ -45,22 +33,14 @@ class NetworkGibQuantity(_Strict):
 CostQuantity = Annotated[FixedQuantity | StorageGibQuantity | NetworkGibQuantity, Field(discriminator="type")]
 
 
-class CostType(_Strict):
+class CostType(StrictSettings):
     name: str = Field(min_length=1)
     product_category: str = Field(min_length=1)
-    rate: Decimal
+    rate: Rate
     cost_quantity: CostQuantity
     allocation_strategy: Literal["even_split", "usage_ratio"]
     allocation_query: str | None = None
     allocation_label: str | None = None
-
-    @field_validator("rate", mode="before")
-    @classmethod
-    def _rate(cls, value: Any) -> Decimal:
-        rate = _exact_decimal(value)
-        if rate < 0:
-            raise ValueError("must be >= 0")
-        return rate
 
     @model_validator(mode="after")
     def _usage_ratio_needs_query(self) -> CostType:
@@ -72,45 +52,32 @@ class CostType(_Strict):
         return self
 
     @property
+    def is_metered(self) -> bool:
+        return self.cost_quantity.type != "fixed"
+
+    @property
     def needs_metrics(self) -> bool:
-        return self.cost_quantity.type != "fixed" or self.allocation_strategy == "usage_ratio"
+        return self.is_metered or self.allocation_strategy == "usage_ratio"
 
 
-class StaticIdentity(_Strict):
-    identity_id: str = Field(min_length=1)
-    identity_type: str = "principal"
-    display_name: str | None = None
-    team: str | None = None
-
-
-class IdentitySource(_Strict):
-    source: Literal["prometheus", "static", "both"] = "prometheus"
+class GenericIdentitySource(IdentitySourceSettings):
     label: str = "principal"
     discovery_query: str | None = None
-    principal_to_team: dict[str, str] = Field(default_factory=dict)
-    default_team: str = "UNASSIGNED"
-    static_identities: list[StaticIdentity] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _discovery_needed(self) -> IdentitySource:
-        if self.source in ("prometheus", "both") and not self.discovery_query:
+    def _discovery_needed(self) -> GenericIdentitySource:
+        if self.uses_prometheus and not self.discovery_query:
             raise ValueError("discovery_query required when source includes 'prometheus'")
         return self
-
-    @property
-    def uses_prometheus(self) -> bool:
-        return self.source in ("prometheus", "both")
-
-    @property
-    def uses_static(self) -> bool:
-        return self.source in ("static", "both")
 
 
 class GenericMetricsSettings(PluginSettingsBase):
     cluster_id: str = Field(min_length=1)
     display_name: str | None = None
-    metrics: dict[str, Any] | None = None
-    identity_source: IdentitySource = Field(default_factory=dict, validate_default=True)
+    metrics: MetricsConnection | None = None
+    identity_source: GenericIdentitySource = Field(
+        default_factory=GenericIdentitySource, validate_default=True
+    )
     cost_types: list[CostType] = Field(min_length=1)
 
     @field_validator("cost_types")

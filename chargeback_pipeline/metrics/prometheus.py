@@ -1,0 +1,235 @@
+"""The built-in ``MetricsSource``: Prometheus' HTTP query API over httpx.
+
+Every rule of spec/prometheus-source.md lives here or in ``parsing``: POSTed form
+queries under the configured path prefix, half-open windows, bounded retries with
+jittered backoff, a per-call thread pool under a process-wide cap on requests in
+flight, and a response cache. Every failure becomes a ``MetricsQueryError`` so the
+core's fallbacks always apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import httpx
+
+from chargeback_pipeline.errors import MetricsQueryError
+from chargeback_pipeline.metrics.cache import RESPONSE_CACHE
+from chargeback_pipeline.metrics.connection import MetricsConnection
+from chargeback_pipeline.metrics.parsing import (
+    InvalidResponse,
+    PrometheusErrorBody,
+    QueryResult,
+    check_body,
+    format_time,
+    inject_resource_filter,
+    parse_rows,
+    step_seconds,
+)
+from chargeback_pipeline.models import MetricQuery, MetricRow
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_QUERIES_PER_CALL = 10
+MAX_REQUESTS_IN_FLIGHT = 20
+# Process-wide: many tenants and usage groups run at once, Prometheus sees at most 20.
+_IN_FLIGHT = threading.BoundedSemaphore(MAX_REQUESTS_IN_FLIGHT)
+
+
+class PrometheusSource:
+    """Queries one Prometheus (or a gateway in front of it) for usage and cost metrics."""
+
+    def __init__(
+        self,
+        connection: MetricsConnection,
+    ) -> None:
+        self._connection = connection
+        self._timeout = connection.timeout_seconds
+        self._max_attempts = connection.max_attempts
+        self._backoff_base = connection.backoff_base_seconds
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        # Credential spellings a misbehaving server might echo back; filled with the client.
+        self._secrets: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"PrometheusSource(url={self._connection.url!r}, auth_type={self._connection.auth_type!r})"
+
+    # --- MetricsSource protocol --------------------------------------------------------
+
+    def query(
+        self,
+        queries: Sequence[MetricQuery],
+        start: datetime,
+        end: datetime,
+        step: timedelta,
+        resource_id_filter: str | None = None,
+    ) -> dict[str, list[MetricRow]]:
+        """Rows per query key for ``[start, end)``; raises the first failure in query order."""
+        range_params = {
+            "start": format_time(start, "metrics query start"),
+            "end": format_time(end, "metrics query end"),
+            "step": str(step_seconds(step)),
+        }
+        instant_params = {"time": range_params["end"]}
+        window = (start, end)
+        if not queries:
+            return {}
+
+        def run(query: MetricQuery) -> list[MetricRow]:
+            expression = inject_resource_filter(query, resource_id_filter)
+            if query.query_mode == "instant":
+                return self._fetch(query, expression, instant_params, None)
+            return self._fetch(query, expression, range_params, window)
+
+        with ThreadPoolExecutor(
+            max_workers=min(MAX_QUERIES_PER_CALL, len(queries)), thread_name_prefix="prometheus"
+        ) as pool:
+            futures = [(q, pool.submit(run, q)) for q in queries]
+        results: dict[str, list[MetricRow]] = {}
+        failures: list[BaseException] = []
+        for query, future in futures:
+            error = future.exception()
+            if error is None:
+                results[query.key] = future.result()
+            else:
+                failures.append(error)
+        if failures:
+            for other in failures[1:]:
+                log.warning("%s", _describe(other))
+            raise failures[0]
+        return results
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # --- one query ---------------------------------------------------------------------
+
+    def _fetch(
+        self,
+        query: MetricQuery,
+        expression: str,
+        params: dict[str, str],
+        window: tuple[datetime, datetime] | None,
+    ) -> list[MetricRow]:
+        conn = self._connection
+        endpoint = conn.instant_endpoint if window is None else conn.range_endpoint
+        cache_key = (endpoint, expression, *params.values())
+        text = RESPONSE_CACHE.get(cache_key)
+        if text is None:
+            text = self._post_with_retries(query, expression, endpoint, {"query": expression, **params})
+            result = self._checked(query, expression, text)
+            RESPONSE_CACHE.put(cache_key, text)
+        else:
+            result = self._checked(query, expression, text)
+        return parse_rows(query, result, window)
+
+    def _checked(self, query: MetricQuery, expression: str, text: str) -> QueryResult:
+        try:
+            return check_body(text)
+        except PrometheusErrorBody as exc:
+            raise MetricsQueryError(self._redact(str(exc)), query, None, expression) from None
+        except InvalidResponse as exc:
+            raise MetricsQueryError(
+                f"invalid response: {self._redact(str(exc))}", query, None, expression
+            ) from None
+
+    def _post_with_retries(
+        self, query: MetricQuery, expression: str, endpoint: str, form: dict[str, str]
+    ) -> str:
+        last_status: int | None = None
+        last_reason = ""
+        for attempt in range(1, self._max_attempts + 1):
+            if attempt > 1:
+                delay = self._backoff_base * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "metrics query '%s': attempt %d/%d failed (%s); retrying in %.2f s",
+                    query.key,
+                    attempt - 1,
+                    self._max_attempts,
+                    last_reason,
+                    delay,
+                )
+                time.sleep(delay)
+            client = self._http()
+            try:
+                with _IN_FLIGHT:
+                    response = client.post(endpoint, data=form)
+            except httpx.TransportError as exc:
+                last_status, last_reason = None, self._redact(f"{type(exc).__name__}: {exc}")
+                continue
+            except httpx.HTTPError as exc:
+                reason = self._redact(f"{type(exc).__name__}: {exc}")
+                raise MetricsQueryError(f"invalid response: {reason}", query, None, expression) from None
+            status = response.status_code
+            if status in RETRYABLE_STATUS:
+                last_status, last_reason = status, f"HTTP {status}"
+                continue
+            if status >= 400:
+                snippet = self._redact(response.text[:200])
+                raise MetricsQueryError(f"HTTP {status}: {snippet}", query, status, expression)
+            if status >= 300:
+                raise MetricsQueryError(
+                    f"HTTP {status}: redirected; set metrics.url to the final address",
+                    query,
+                    status,
+                    expression,
+                )
+            return response.text
+        raise MetricsQueryError(
+            f"Exhausted {self._max_attempts} attempts for {endpoint} (last: {last_reason})",
+            query,
+            last_status,
+            expression,
+        )
+
+    def _redact(self, text: str) -> str:
+        """Masks credentials in text that came from the server or the network stack."""
+        return _redact_secrets(text, self._secrets)
+
+    def _http(self) -> httpx.Client:
+        """The shared client, created on first use: the only place credentials are unwrapped."""
+        with self._client_lock:
+            if self._client is None:
+                conn = self._connection
+                auth: httpx.Auth | None = None
+                headers: dict[str, str] = {}
+                if conn.auth_type == "basic" and conn.username and conn.password is not None:
+                    password = conn.password.get_secret_value()
+                    auth = httpx.BasicAuth(conn.username, password)
+                    token = base64.b64encode(f"{conn.username}:{password}".encode()).decode()
+                    self._secrets = (token, password)
+                elif conn.auth_type == "bearer" and conn.bearer_token is not None:
+                    token = conn.bearer_token.get_secret_value()
+                    headers["Authorization"] = f"Bearer {token}"
+                    self._secrets = (token,)
+                self._client = httpx.Client(
+                    auth=auth,
+                    headers=headers,
+                    timeout=httpx.Timeout(self._timeout),
+                    limits=httpx.Limits(max_connections=MAX_REQUESTS_IN_FLIGHT),
+                    follow_redirects=False,
+                )
+            return self._client
+
+
+def _redact_secrets(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "**********")
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
