@@ -101,7 +101,10 @@ class StandInServer:
     def start(self) -> StandInServer:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="ccloud-standin", daemon=True
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="ccloud-standin",
+                daemon=True,
             )
             self._thread.start()
         return self
