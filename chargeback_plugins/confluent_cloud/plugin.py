@@ -137,12 +137,14 @@ class ConfluentCloudPlugin:
         return client
 
     def _new_client(self, api: CCloudApiSettings, base_url: str, key: str, secret: str) -> CCloudClient:
+        # A replayed recording has no vendor rate limit to respect: no spacing between calls.
+        interval = 0.0 if self._transport is not None else api.request_interval_seconds
         return CCloudClient(
             base_url,
             key,
             secret,
             timeout_seconds=api.timeout_seconds,
-            request_interval_seconds=api.request_interval_seconds,
+            request_interval_seconds=interval,
             transport=self._transport,
         )
 
