@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import duckdb
@@ -104,10 +105,12 @@ class UsageMetricsRepository:
     @staticmethod
     def _rows_frame(groups: Mapping[UsageKey, UsageGroupData]) -> Any:
         cols: dict[str, list[Any]] = {name: [] for name in _ROW_COLUMNS}
+        # A series' label set repeats on every point (24 a day at a 1 h step): encode it once.
+        label_json: dict[tuple[tuple[str, str], ...], str] = {}
         for key, group in groups.items():
             for metric_key, metric_rows in (group.rows or {}).items():
                 for i, row in enumerate(metric_rows):
-                    _append_row(cols, key, metric_key, i, row)
+                    _append_row(cols, key, metric_key, i, row, label_json)
         data: dict[str, Any] = dict(cols)
         for name in ("ws", "we", "ts"):
             data[name] = np.array(cols[name], dtype=np.int64)
@@ -141,6 +144,14 @@ class UsageMetricsRepository:
 
     def _load_rows(self, d: date, groups: dict[UsageKey, UsageGroupData]) -> None:
         cache: dict[int, datetime] = {}
+        # Rows of one series share one read-only labels mapping, decoded once.
+        label_cache: dict[str, Mapping[str, str]] = {}
+
+        def labels_of(text: str) -> Mapping[str, str]:
+            found = label_cache.get(text)
+            if found is None:
+                found = label_cache[text] = MappingProxyType(load_json(text) or {})
+            return found
 
         def ts(us: int) -> datetime:
             value = cache.get(us)
@@ -157,7 +168,7 @@ class UsageMetricsRepository:
             group = groups.get((resource_id, ts(ws), ts(we)))
             if group is None or group.rows is None:
                 continue
-            row = MetricRow(ts(t), row_metric_key, Decimal(value), load_json(labels))
+            row = MetricRow(ts(t), row_metric_key, Decimal(value), labels_of(labels))
             group.rows.setdefault(metric_key, []).append(row)
 
 
@@ -165,7 +176,14 @@ def _metric_keys(group: UsageGroupData) -> str | None:
     return None if group.rows is None else dump_json(list(group.rows), "metric keys")
 
 
-def _append_row(cols: dict[str, list[Any]], key: UsageKey, metric_key: str, i: int, row: MetricRow) -> None:
+def _append_row(
+    cols: dict[str, list[Any]],
+    key: UsageKey,
+    metric_key: str,
+    i: int,
+    row: MetricRow,
+    label_json: dict[tuple[tuple[str, str], ...], str],
+) -> None:
     value = row.value
     if isinstance(value, float) or not isinstance(value, Decimal | int):
         raise TypeError(
@@ -180,4 +198,8 @@ def _append_row(cols: dict[str, list[Any]], key: UsageKey, metric_key: str, i: i
     cols["row_metric_key"].append(row.metric_key)
     cols["ts"].append(epoch_us(require_utc(row.timestamp, f"usage metric {metric_key} timestamp")))
     cols["value"].append(str(value))
-    cols["labels"].append(dump_json(dict(row.labels), f"labels of usage metric {metric_key}"))
+    items = tuple(row.labels.items())
+    encoded = label_json.get(items)
+    if encoded is None:
+        encoded = label_json[items] = dump_json(dict(items), f"labels of usage metric {metric_key}")
+    cols["labels"].append(encoded)

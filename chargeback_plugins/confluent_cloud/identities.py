@@ -189,7 +189,10 @@ class CandidateCache:
 
 
 def resolve_by_api_keys_and_metrics(
-    candidates: Candidates, resource_id: str, metrics_data: dict[str, list[MetricRow]] | None
+    candidates: Candidates,
+    resource_id: str,
+    metrics_data: dict[str, list[MetricRow]] | None,
+    principals: PrincipalCache | None = None,
 ) -> IdentityResolution:
     """Kafka / Schema Registry resolution (§7.1 steps 2–4)."""
     resource_active = IdentitySet()
@@ -197,6 +200,21 @@ def resolve_by_api_keys_and_metrics(
         owner_id = key.metadata.get("owner_id")
         if isinstance(owner_id, str) and owner_id:
             resource_active.add(candidates.lookup(owner_id))
+    if principals is None:
+        metrics_derived, api_key_to_owner = metrics_identities(candidates, metrics_data)
+    else:
+        metrics_derived, api_key_to_owner = principals.get(candidates, metrics_data)
+    return IdentityResolution(
+        resource_active=resource_active,
+        metrics_derived=IdentitySet(metrics_derived),
+        context={API_KEY_TO_OWNER: dict(api_key_to_owner)},
+    )
+
+
+def metrics_identities(
+    candidates: Candidates, metrics_data: dict[str, list[MetricRow]] | None
+) -> tuple[IdentitySet, dict[str, str]]:
+    """§7.1 step 3: every principal of the telemetry, API keys replaced by their owners."""
     metrics_derived = IdentitySet()
     api_key_to_owner: dict[str, str] = {}
     if metrics_data:
@@ -209,11 +227,28 @@ def resolve_by_api_keys_and_metrics(
             if isinstance(owner_id, str) and owner_id:
                 metrics_derived.add(candidates.lookup(owner_id))
                 api_key_to_owner[principal] = owner_id
-    return IdentityResolution(
-        resource_active=resource_active,
-        metrics_derived=metrics_derived,
-        context={API_KEY_TO_OWNER: api_key_to_owner},
-    )
+    return metrics_derived, api_key_to_owner
+
+
+class PrincipalCache:
+    """The metrics part of a resolution for the last (window, usage group) seen.
+
+    Every line of one cluster and day receives the same usage group (operations.md §6)
+    and lines arrive in key order, so the principals of a group are looked up once and
+    copied into each line's resolution.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Candidates, dict[str, list[MetricRow]] | None] | None = None
+        self._value: tuple[IdentitySet, dict[str, str]] = (IdentitySet(), {})
+
+    def get(
+        self, candidates: Candidates, metrics_data: dict[str, list[MetricRow]] | None
+    ) -> tuple[IdentitySet, dict[str, str]]:
+        if self._key is None or self._key[0] is not candidates or self._key[1] is not metrics_data:
+            self._value = metrics_identities(candidates, metrics_data)
+            self._key = (candidates, metrics_data)
+        return self._value
 
 
 def _principals(series: Iterable[list[MetricRow]]) -> set[str]:

@@ -12,6 +12,7 @@ from chargeback_plugins.confluent_cloud.client import CCloudClient
 from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
 from chargeback_plugins.confluent_cloud.identities import (
     CandidateCache,
+    PrincipalCache,
     gather_identities,
     resolve_by_api_keys_and_metrics,
 )
@@ -38,6 +39,7 @@ class KafkaHandler(HandlerBase):
         )
         self._client = client
         self._candidates = CandidateCache()
+        self._principals = PrincipalCache()
 
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
@@ -66,4 +68,4 @@ class KafkaHandler(HandlerBase):
         candidates = self._candidates.for_window(
             tenant_id, billing_timestamp, billing_timestamp + billing_duration, store, context
         )
-        return resolve_by_api_keys_and_metrics(candidates, resource_id, metrics_data)
+        return resolve_by_api_keys_and_metrics(candidates, resource_id, metrics_data, self._principals)

@@ -15,7 +15,11 @@ from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains
 from chargeback_plugins.confluent_cloud.client import CCloudClient
 from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
-from chargeback_plugins.confluent_cloud.identities import CandidateCache, resolve_by_api_keys_and_metrics
+from chargeback_plugins.confluent_cloud.identities import (
+    CandidateCache,
+    PrincipalCache,
+    resolve_by_api_keys_and_metrics,
+)
 from chargeback_plugins.confluent_cloud.inventory import (
     ECOSYSTEM,
     SharedContext,
@@ -40,6 +44,7 @@ class SchemaRegistryHandler(HandlerBase):
         super().__init__({"SCHEMA_REGISTRY": chain, "GOVERNANCE_BASE": chain, "NUM_RULES": chain})
         self._client = client
         self._candidates = CandidateCache()
+        self._principals = PrincipalCache()
 
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
@@ -84,4 +89,4 @@ class SchemaRegistryHandler(HandlerBase):
         candidates = self._candidates.for_window(
             tenant_id, billing_timestamp, billing_timestamp + billing_duration, store, context
         )
-        return resolve_by_api_keys_and_metrics(candidates, resource_id, metrics_data)
+        return resolve_by_api_keys_and_metrics(candidates, resource_id, metrics_data, self._principals)
