@@ -377,6 +377,7 @@ class TenantConfig(_Section):
     plugin_settings: PluginSettingsBase = Field(default_factory=PluginSettingsBase)
 
     _name: str = PrivateAttr("")
+    _config_dir: Path | None = PrivateAttr(None)
     _raw_plugin_settings: dict[str, Any] = PrivateAttr(default_factory=dict)
     _secret_paths: frozenset[KeyPath] = PrivateAttr(frozenset())
 
@@ -400,6 +401,11 @@ class TenantConfig(_Section):
     def name(self) -> str:
         """The tenant name (YAML key): partition key and file-name stem."""
         return self._name
+
+    @property
+    def config_dir(self) -> Path | None:
+        """Directory of the configuration file; relative emitter paths are resolved against it."""
+        return self._config_dir
 
     @property
     def storage_path(self) -> Path:
@@ -741,7 +747,16 @@ class _TenantLoader:
         secret_patterns = self._plugin_checks(substituted.get("ecosystem"), plugin_raw, issues)
         base = tenant.plugin_settings if tenant is not None else _base_settings(plugin_raw)
         if base is not None:
-            issues.extend(emitter_spec_issues(base.emitters))
+            tenant_id = substituted.get("tenant_id")
+            issues.extend(
+                emitter_spec_issues(
+                    base.emitters,
+                    tenant_name=name,
+                    tenant_id=tenant_id if isinstance(tenant_id, str) else None,
+                    ecosystem=str(substituted.get("ecosystem") or ""),
+                    config_dir=self.config_dir,
+                )
+            )
             issues.extend(override_issues(base))
         if tenant is None or issues:
             return None
@@ -818,6 +833,7 @@ class _TenantLoader:
 
     def _finish(self, name: str, tenant: TenantConfig) -> None:
         tenant._name = name
+        tenant._config_dir = self.config_dir
         default = Path("data") / f"{name}.duckdb"
         tenant.storage.path = (self.config_dir / (tenant.storage.path or default).expanduser()).resolve()
 
@@ -910,21 +926,40 @@ def plugin_validation_issues(plugin: object, plugin_raw: Mapping[str, Any]) -> l
     return []
 
 
-def emitter_spec_issues(emitters: list[EmitterSpec]) -> list[tuple[str, str]]:
-    """Ask the emitter registry whether each spec's type and params are acceptable."""
+def emitter_spec_issues(
+    emitters: list[EmitterSpec],
+    *,
+    tenant_name: str | None = None,
+    tenant_id: str | None = None,
+    ecosystem: str = "",
+    config_dir: Path | None = None,
+) -> list[tuple[str, str]]:
+    """Ask the emitter registry whether each spec's type and params are acceptable.
+
+    Given the tenant, the specs are also checked against it (file names built from its
+    tenant id, an output directory that cannot be written), so such problems exclude
+    the tenant at load time instead of failing its sinks later.
+    """
     validate = _emitter_validator()
     if validate is None:
         return []
+    context = None
+    if tenant_name is not None:
+        from chargeback_pipeline.emitters.registry import EmitterContext
+
+        context = EmitterContext(
+            tenant_name=tenant_name, ecosystem=ecosystem, tenant_id=tenant_id, config_dir=config_dir
+        )
     issues = []
     for index, spec in enumerate(emitters):
         try:
-            validate(spec.type, spec.params)
+            validate(spec.type, spec.params, context)
         except ValueError as exc:
             issues.append((f"plugin_settings.emitters.{index}", f"emitter '{spec.name}': {exc}"))
     return issues
 
 
-def _emitter_validator() -> Callable[[str, Mapping[str, Any]], None] | None:
+def _emitter_validator() -> Callable[[str, Mapping[str, Any], Any], None] | None:
     """The registry's ``validate_spec``; importing the package registers the built-ins."""
     try:
         import importlib

@@ -164,7 +164,13 @@ def _run_partition(
     totals.allocated += allocated
     totals.unallocated += unallocated
     totals.dates_ok += 1
-    files = [str(m["path"]) for name, m in metadata.items() if name.startswith("emit_") and m.get("path")]
+    files = [
+        str(m[key])
+        for name, m in metadata.items()
+        if name.startswith("emit_")
+        for key in ("path", "current_state_path")
+        if m.get(key)
+    ]
     totals.files.update(files)
     print(
         f"  {d}  ok {elapsed:.1f}s  lines {cb.get('line_count', 0)}  rows {cb.get('row_count', 0)}  "

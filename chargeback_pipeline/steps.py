@@ -1,4 +1,4 @@
-"""The lifecycle steps as plain functions (spec/operations.md §2–§8).
+"""The lifecycle steps as plain functions (spec/operations.md §2–§7; emission, §8, is in ``emission``).
 
 Dagster assets are thin wrappers around these, so the steps can be tested, timed and
 reasoned about without an orchestrator. Every step works on one tenant, reads its
@@ -8,7 +8,6 @@ failed step leaves the partition exactly as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections import defaultdict
@@ -17,12 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from chargeback_pipeline.calculation import UsageGroup, calculate_date
 from chargeback_pipeline.config import TenantConfig
-from chargeback_pipeline.emitters import aggregation, registry
 from chargeback_pipeline.models import (
     ZERO,
     BillingLineItem,
@@ -461,70 +458,7 @@ def _require_inventory(session: TenantSession, d: date) -> None:
     )
 
 
-# --- emission --------------------------------------------------------------------------
-
-
-def emit_date(session: TenantSession, emitter_name: str, d: date) -> dict[str, Any]:
-    """Run one emitter of the tenant for ``d`` and record the outcome (emitters.md §6–§7)."""
-    spec = next((s for s in session.runtime.settings_base.emitters if s.name == emitter_name), None)
-    if spec is None:
-        return {"status": "not configured for this tenant"}
-    db = session.db
-    state = db.state.get(d)
-    if not state.chargeback_calculated:
-        raise RuntimeError(f"tenant '{session.name}': {d} has no committed chargebacks to emit")
-    backend = db.storage_backend()
-    bucket_start, bucket_end = aggregation.bucket_range(d, spec.aggregation)
-    if spec.aggregation in ("daily", "monthly"):
-        rows = backend.chargebacks_aggregated(
-            bucket_start, bucket_end, "month" if spec.aggregation == "monthly" else "day"
-        )
-    else:
-        rows = backend.chargebacks_for_date(d)
-    emitter = registry.get(spec.type, dict(spec.params), backend, context=session_emitter_context(session))
-    try:
-        emitter(session.runtime.tenant_id, bucket_start, rows)
-    except Exception as exc:
-        with db.transaction():
-            db.emissions.record(emitter_name, d, "failed", state.calculation_id, len(rows))
-        raise RuntimeError(
-            f"tenant '{session.name}': emitter '{emitter_name}' failed for {d}: {_describe(exc)}"
-        ) from exc
-    with db.transaction():
-        db.emissions.record(emitter_name, d, "emitted", state.calculation_id, len(rows))
-    log.info("tenant '%s': %s: emitter '%s' wrote %d rows", session.name, d, emitter_name, len(rows))
-    return {
-        "status": "emitted",
-        "emitter_type": spec.type,
-        "rows": len(rows),
-        "calculation_id": state.calculation_id,
-        **_output_metadata(getattr(emitter, "last_output", None)),
-    }
-
-
-def session_emitter_context(session: TenantSession) -> registry.EmitterContext:
-    return registry.EmitterContext(
-        tenant_name=session.name,
-        ecosystem=session.runtime.ecosystem,
-        extra_key_fields=session.runtime.extra_key_fields,
-    )
-
-
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _output_metadata(output: object) -> dict[str, Any]:
-    """What an emitter reports it wrote (path, rows, bytes), as plain metadata values."""
-    if output is None:
-        return {}
-    fields = (
-        dataclasses.asdict(output)
-        if dataclasses.is_dataclass(output) and not isinstance(output, type)
-        else output
-    )
-    if not isinstance(fields, dict):
-        return {}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items() if v is not None}
 
 
 def money(value: Decimal) -> str:

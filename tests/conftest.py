@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from chargeback_pipeline.loader import clear_discovery_cache
+from chargeback_pipeline.metrics import clear_response_cache
 from tests.prometheus_support import (
     SAMPLE_SERIES,
     PrometheusServer,
@@ -16,6 +17,7 @@ from tests.prometheus_support import (
     series_to_openmetrics,
     start_prometheus,
 )
+from tests.sample_org import FROZEN_NOW as SAMPLE_FROZEN_NOW
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "examples" / "demo" / "config.yaml"
@@ -44,6 +46,19 @@ def demo_config(tmp_path: Path, frozen_clock: str) -> Path:
     # The Confluent Cloud tenant replays the recording next to the config file.
     shutil.copytree(DEMO_CONFIG.parent / "ccloud", target.parent / "ccloud")
     return target
+
+
+@pytest.fixture
+def sample_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The sample organisation's clock (manifest.json ``frozen_now``), caches cleared."""
+    monkeypatch.setenv("CHARGEBACK_NOW", SAMPLE_FROZEN_NOW)
+    for name in ("CHARGEBACK_CONFIG", "CHARGEBACK_ENV_FILE", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    clear_discovery_cache()
+    clear_response_cache()
+    yield
+    clear_discovery_cache()
+    clear_response_cache()
 
 
 @pytest.fixture(scope="session")

@@ -74,10 +74,24 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
     # The runs went to the persistent instance in the working directory (dagster.yaml there).
     assert (demo_config.parent / "history" / "runs.db").exists()
 
-    # Running again reproduces every file byte for byte.
-    first = tree_hash(csv_dir)
+    metrics_dir = demo_config.parent / "out" / "metrics"
+    assert sorted(p.name for p in metrics_dir.iterdir()) == [
+        "acme-postgres.om",
+        "acme-postgres.prom",
+        "acme-redis.om",
+        "acme-redis.prom",
+    ]
+    assert f"    wrote {metrics_dir / 'acme-postgres.om'}\n" in out
+    assert f"    wrote {metrics_dir / 'acme-redis.prom'}\n" in out
+    history = (metrics_dir / "acme-postgres.om").read_text(encoding="utf-8")
+    # 7 days × 15 label sets (3 product types × 5 identities), each at its own midnight.
+    assert history.count("\nchargeback_amount{") == 7 * 15
+    assert history.endswith("# EOF\n")
+
+    # Running again (a recalculation of every date) reproduces every file byte for byte.
+    first = tree_hash(csv_dir), tree_hash(metrics_dir)
     assert chargeback("run", "--config", str(demo_config), cwd=demo_config.parent).returncode == 0
-    assert tree_hash(csv_dir) == first
+    assert (tree_hash(csv_dir), tree_hash(metrics_dir)) == first
 
 
 def test_selected_tenant_and_dates(demo_config: Path) -> None:

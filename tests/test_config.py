@@ -710,6 +710,41 @@ def test_emitter_params_are_validated_by_the_registry(tmp_path: Path, test_emitt
     assert len(errors) == 2
 
 
+def test_file_emitters_are_checked_against_the_tenant_at_load(tmp_path: Path) -> None:
+    """Unsafe tenant ids in file names and unwritable output directories exclude the tenant."""
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    text = (
+        "tenants:\n"
+        "  acme:\n"
+        "    ecosystem: fake\n"
+        "    tenant_id: ../evil\n"
+        "    plugin_settings:\n"
+        "      emitters:\n"
+        "        - {type: csv, params: {output_dir: out}}\n"
+        "        - type: csv\n"
+        "          name: by_name\n"
+        "          params: {output_dir: out, filename_template: '{tenant_name}/{date}.csv'}\n"
+        "        - {type: prometheus, params: {output_dir: a-file/metrics}}\n"
+    )
+    errors = load(tmp_path, text).tenant_errors["acme"]
+    prefix = f"{tmp_path / 'config.yaml'}: tenant 'acme': plugin_settings.emitters"
+    assert errors == [
+        f"{prefix}.0: emitter 'csv': {{tenant_id}} in filename template '{{tenant_id}}_{{date}}.csv' "
+        "would be '../evil', which cannot be used in a file name: it contains '/'",
+        f"{prefix}.2: emitter 'prometheus': {{tenant_id}} in filename template '{{tenant_id}}.om' would be "
+        "'../evil', which cannot be used in a file name: it contains '/'",
+    ]
+    text = text.replace("tenant_id: ../evil", "tenant_id: acme-id")
+    assert load(tmp_path, text).tenant_errors["acme"] == [
+        f"{prefix}.2: emitter 'prometheus': params.output_dir: {tmp_path / 'a-file' / 'metrics'} cannot be "
+        f"created: {tmp_path / 'a-file'} is not a directory"
+    ]
+    text = text.replace("a-file/metrics", "metrics/not/yet/there")
+    tenant = load(tmp_path, text).tenants["acme"]
+    assert [spec.name for spec in tenant.plugin_settings.emitters] == ["csv", "by_name", "prometheus"]
+    assert not (tmp_path / "metrics").exists(), "validation must not create directories"
+
+
 # --- plugins: unknown ecosystem, validate_settings, secrets ---------------------------------------
 
 

@@ -13,15 +13,16 @@ import pytest
 from chargeback_pipeline.emitters import EmitterContext, registry
 from chargeback_pipeline.emitters import files as files_module
 from chargeback_pipeline.emitters.csv_emitter import (
+    PLACEHOLDERS,
     CsvEmitter,
     CsvOutput,
     format_amount,
     make_csv_emitter,
     neutralise_formula,
     render_csv,
-    template_problem,
     validate_csv_params,
 )
+from chargeback_pipeline.emitters.files import template_problem
 from chargeback_pipeline.models import ChargebackRow, CostType
 
 FEB1 = date(2026, 2, 1)
@@ -410,7 +411,7 @@ def test_bad_templates_are_validation_errors(template: str, message: str) -> Non
     ],
 )
 def test_good_templates(template: str) -> None:
-    assert template_problem(template) is None
+    assert template_problem(template, PLACEHOLDERS) is None
     registry.validate_spec("csv", {"output_dir": "out", "filename_template": template})
 
 
@@ -501,3 +502,30 @@ def test_emitter_is_an_emitter() -> None:
     emitter = make_csv_emitter("out")
     assert isinstance(emitter, CsvEmitter)
     assert isinstance(emitter, Emitter)
+
+
+def test_a_data_tool_reads_numbers_as_numbers_and_formulas_as_text(tmp_path: Path) -> None:
+    """pandas (as a spreadsheet would) infers ``amount`` as a number, negative credits
+    included, while every formula-like text cell arrives as inert text."""
+    import pandas as pd
+
+    rows = [
+        cc_row("=cmd|' /C calc'!A0", "-1.2500"),
+        cc_row("+SUM(1,2)", "3.0000", resource_id="-lkc"),
+        cc_row("@evil", "0.0001", env="\tenv"),
+        cc_row("sa-plain", "12.3400"),
+    ]
+    make_csv_emitter(str(tmp_path), emitter_context=CCLOUD)("acme", FEB1, rows)
+    frame = pd.read_csv(tmp_path / "acme_2026-02-01.csv", keep_default_na=False)
+    assert str(frame["amount"].dtype) == "float64"
+    raw = pd.read_csv(tmp_path / "acme_2026-02-01.csv", dtype=str, keep_default_na=False)
+    assert sum(Decimal(v) for v in raw["amount"]) == Decimal("14.0901")
+    assert sorted(raw["identity_id"]) == ["'+SUM(1,2)", "'=cmd|' /C calc'!A0", "'@evil", "sa-plain"]
+    assert set(raw["resource_id"]) == {"lkc-1", "'-lkc"}
+    assert set(raw["env_id"]) == {"env-a", "'\tenv"}
+    assert all(
+        not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+        for col in raw
+        if col != "amount"
+        for cell in raw[col]
+    )

@@ -173,6 +173,43 @@ def test_validate_params_hook_is_called_by_validate_spec_and_get() -> None:
     assert calls == [{"ok": 1}, {"bad": 1}, {"bad": 1}]
 
 
+def test_validate_context_hook_runs_only_against_a_tenant() -> None:
+    seen: list[tuple[dict[str, Any], str | None]] = []
+
+    def check(params: Mapping[str, Any], context: EmitterContext) -> None:
+        seen.append((dict(params), context.tenant_id))
+        if context.tenant_id == "../x":
+            raise ValueError("tenant id cannot be a file name")
+
+    @registry.emitter_factory(validate_context=check)
+    def factory(**kwargs: Any) -> MyEmitter:
+        return MyEmitter(port=0, storage_backend=None)
+
+    registry.register("t_context_checked", factory)
+    try:
+        registry.validate_spec("t_context_checked", {"a": 1})
+        assert seen == []  # without a tenant there is nothing to check
+        registry.validate_spec("t_context_checked", {"a": 1}, EmitterContext("t", "eco", tenant_id="ok"))
+        with pytest.raises(ValueError, match="tenant id cannot be a file name"):
+            registry.get("t_context_checked", {}, None, context=EmitterContext("t", "eco", tenant_id="../x"))
+        assert seen == [({"a": 1}, "ok"), ({}, "../x")]
+    finally:
+        registry.unregister("t_context_checked")
+
+
+def test_check_param_types_messages() -> None:
+    types = {"a": (str,), "n": (int, type(None))}
+    registry.check_param_types("x", {"a": "s", "n": None}, types, ("a",))
+    for params, message in [
+        ({"n": 1}, r"params\.a: required parameter of emitter 'x' is missing"),
+        ({"a": "s", "z": 1}, r"params\.z: unknown parameter for emitter 'x' \(allowed: a, n\)"),
+        ({"a": "s", "n": True}, r"params\.n: must be an integer or null, got bool"),
+        ({"a": 1}, r"params\.a: must be a string, got int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            registry.check_param_types("x", params, types, ("a",))
+
+
 def test_unexpected_keyword_becomes_a_value_error_naming_the_emitter() -> None:
     def factory(port: int) -> MyEmitter:
         return MyEmitter(port=port, storage_backend=None)

@@ -79,6 +79,7 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
         "usage_metrics",
         "chargebacks",
         "emit_csv",
+        "emit_prometheus",
     }
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
@@ -88,6 +89,7 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
     assert parents["usage_metrics"] == {"billing_lines", "inventory"}
     assert parents["resource_deletions"] == {"inventory"}
     assert parents["emit_csv"] == {"chargebacks"}
+    assert parents["emit_prometheus"] == {"chargebacks"}
     partitions = graph.get(dg.AssetKey("chargebacks")).partitions_def
     assert isinstance(partitions, dg.MultiPartitionsDefinition)
     assert {d.name for d in partitions.partitions_defs} == {TENANT_DIM, DATE_DIM}
@@ -217,6 +219,15 @@ tenants:
     # The billed total comes from the injected storage backend, not from the rows.
     assert '"billed": "10.0000"' in document
     assert (tmp_path / "out" / "csv" / "tools_2026-03-01.csv").exists()
+    # The custom emitter's sink partition shows what it wrote, like the built-in ones.
+    sink = next(
+        e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("emit_team_totals")
+    )
+    assert sink["status"].value == "emitted"
+    assert sink["path"].value == str(tmp_path / "out" / "json" / "tools-2026-03-01.json")
+    assert (sink["row_count"].value, sink["bytes_written"].value) == (3, len(document.encode("utf-8")))
 
 
 def test_reconciliation_check_fails_when_rows_do_not_sum_to_the_bill(

@@ -17,27 +17,15 @@ import pytest
 
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions
 from chargeback_pipeline.defs.partitions import partition_key
-from chargeback_pipeline.loader import clear_discovery_cache
 from chargeback_pipeline.metrics import clear_response_cache
 from chargeback_pipeline.models import ChargebackRow
 from chargeback_pipeline.storage import open_tenant_db
 from tests.prometheus_support import PrometheusServer, clone_prometheus, free_port
-from tests.sample_org import FROZEN_NOW, MANIFEST, TENANTS, tenant_block, write_config
+from tests.sample_org import MANIFEST, TENANTS, tenant_block, write_config
 
 DAY = date(2026, 3, 2)
+pytestmark = pytest.mark.usefixtures("sample_clock")
 FAST_METRICS = {"max_attempts": 2, "backoff_base_seconds": 0.01, "timeout_seconds": 5}
-
-
-@pytest.fixture(autouse=True)
-def sample_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CHARGEBACK_NOW", FROZEN_NOW)
-    for name in ("CHARGEBACK_CONFIG", "DAGSTER_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    clear_discovery_cache()
-    clear_response_cache()
-    yield
-    clear_discovery_cache()
-    clear_response_cache()
 
 
 @pytest.fixture

@@ -14,13 +14,10 @@ import pytest
 
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions
 from chargeback_pipeline.defs.partitions import partition_key
-from chargeback_pipeline.loader import clear_discovery_cache
-from chargeback_pipeline.metrics import clear_response_cache
 from chargeback_pipeline.storage import open_tenant_db
 from tests.prometheus_support import PrometheusServer
 from tests.sample_org import (
     BILLING_DAYS,
-    FROZEN_NOW,
     TENANTS,
     billing_key,
     chargeback_key,
@@ -28,18 +25,6 @@ from tests.sample_org import (
     tenant_block,
     write_config,
 )
-
-
-@pytest.fixture
-def sample_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CHARGEBACK_NOW", FROZEN_NOW)
-    for name in ("CHARGEBACK_CONFIG", "DAGSTER_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    clear_discovery_cache()
-    clear_response_cache()
-    yield
-    clear_discovery_cache()
-    clear_response_cache()
 
 
 @pytest.fixture(scope="module")

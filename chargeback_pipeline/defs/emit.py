@@ -1,8 +1,9 @@
 """Emitter sink assets: one per emitter name configured on any tenant.
 
 A sink depends on ``chargebacks`` and hands the committed rows of its partition to the
-tenant's emitter of that name. Tenants without an emitter of that name materialise a
-no-op with metadata saying so, so the asset graph stays the same for every tenant.
+tenant's emitter of that name, once per calculation (``emission.emit_dates``). Tenants
+without an emitter of that name materialise a no-op with metadata saying so, so the
+asset graph stays the same for every tenant.
 """
 
 import re
@@ -11,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from chargeback_pipeline import steps
+from chargeback_pipeline import clock, emission
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
 from chargeback_pipeline.defs.stepping import run_step
 from chargeback_pipeline.steps import TenantSession
@@ -41,7 +42,7 @@ def build_sink_asset(
         tenant_storage: TenantStorage,
     ) -> dg.MaterializeResult:
         def emit(session: TenantSession, dates: list[date]) -> dict[date, dict[str, Any]]:
-            return {d: steps.emit_date(session, emitter_name, d) for d in dates}
+            return emission.emit_dates(session, emitter_name, dates, clock.utc_today())
 
         return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, emit)
 

@@ -28,23 +28,31 @@ from __future__ import annotations
 import csv
 import io
 import os
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
 
-from chargeback_pipeline.emitters.files import atomic_write, relative_path_problem, remove_file, safe_join
-from chargeback_pipeline.emitters.registry import EmitterContext, emitter_factory
-from chargeback_pipeline.models import QUANTUM, ChargebackRow, require_utc
+from chargeback_pipeline.emitters.files import (
+    atomic_write,
+    check_output_location,
+    context_path_values,
+    remove_file,
+    render_path,
+    resolve_output_dir,
+    template_placeholders,
+    template_problem,
+)
+from chargeback_pipeline.emitters.formatting import format_amount
+from chargeback_pipeline.emitters.registry import EmitterContext, check_param_types, emitter_factory
+from chargeback_pipeline.models import ChargebackRow, require_utc
 
 CSV_EMITTER_NAME = "csv"
 DEFAULT_FILENAME_TEMPLATE = "{tenant_id}_{date}.csv"
 PLACEHOLDERS = ("date", "ecosystem", "tenant_id", "tenant_name")
 CONTEXT_PLACEHOLDERS = ("ecosystem", "tenant_name")
-CSV_PARAMS: dict[str, type] = {"output_dir": str, "filename_template": str}
+CSV_PARAMS: dict[str, tuple[type, ...]] = {"output_dir": (str,), "filename_template": (str,)}
 REQUIRED_PARAMS = ("output_dir",)
 BASE_COLUMNS = (
     "ecosystem",
@@ -60,27 +68,9 @@ BASE_COLUMNS = (
     "allocation_detail",
 )
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
-_SAMPLE_VALUE = "x"
 
 
 # --- formatting ------------------------------------------------------------------------
-
-
-def format_amount(amount: Decimal) -> str:
-    """Plain notation, exactly four decimals, never ``-0.0000`` (``str(Decimal)`` is unstable)."""
-    if not isinstance(amount, Decimal):
-        raise TypeError(f"amount must be Decimal, got {type(amount).__name__} {amount!r}")
-    if not amount.is_finite():
-        raise ValueError(f"amount {amount} is not a finite number")
-    try:
-        quantized = amount.quantize(QUANTUM)
-    except InvalidOperation as exc:
-        raise ValueError(f"amount {amount} is too large to write with four decimals") from exc
-    if quantized != amount:
-        raise ValueError(f"amount {amount} has more than four decimal places")
-    if quantized.is_zero():
-        quantized = abs(quantized)
-    return f"{quantized:f}"
 
 
 def neutralise_formula(text: str) -> str:
@@ -154,49 +144,22 @@ def _describe_row(row: ChargebackRow) -> str:
 # --- parameter and template validation -------------------------------------------------
 
 
-def template_placeholders(template: str) -> set[str]:
-    """Placeholder names used by a template (assumes it passed validation)."""
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-
-
-def template_problem(template: str, allowed: Sequence[str] = PLACEHOLDERS) -> str | None:
-    """Why ``template`` is not an acceptable file-name template, or ``None``."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"is malformed ({exc})"
-    for _, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        if field not in allowed:
-            shown = "{" + field + "}"
-            return f"uses unknown placeholder {shown}; allowed: {', '.join('{' + p + '}' for p in allowed)}"
-        if spec or conversion:
-            return f"placeholder {{{field}}} may not have a conversion or format spec"
-    problem = relative_path_problem(template.format(**dict.fromkeys(allowed, _SAMPLE_VALUE)))
-    return None if problem is None else f"must be a relative path inside output_dir but {problem}"
-
-
 def validate_csv_params(params: Mapping[str, Any]) -> None:
     """Reject unknown, missing or wrong-typed ``csv`` params and unsafe templates."""
-    unknown = sorted(set(params) - set(CSV_PARAMS))
-    if unknown:
-        raise ValueError(
-            f"params.{unknown[0]}: unknown parameter for emitter 'csv' "
-            "(allowed: output_dir, filename_template)"
-        )
-    for key in REQUIRED_PARAMS:
-        if key not in params:
-            raise ValueError(f"params.{key}: required parameter of emitter 'csv' is missing")
-    for key, expected in CSV_PARAMS.items():
-        if key in params and not isinstance(params[key], expected):
-            raise ValueError(f"params.{key}: must be a string, got {type(params[key]).__name__}")
+    check_param_types(CSV_EMITTER_NAME, params, CSV_PARAMS, REQUIRED_PARAMS)
     if not params["output_dir"].strip():
         raise ValueError("params.output_dir: must not be empty")
     template = params.get("filename_template", DEFAULT_FILENAME_TEMPLATE)
-    problem = template_problem(template)
+    problem = template_problem(template, PLACEHOLDERS)
     if problem is not None:
         raise ValueError(f"params.filename_template: {template!r} {problem}")
+
+
+def validate_csv_context(params: Mapping[str, Any], context: EmitterContext) -> None:
+    """Refuse, at validation, a tenant whose files could not be written where configured."""
+    check_output_location(
+        params["output_dir"], [params.get("filename_template", DEFAULT_FILENAME_TEMPLATE)], context
+    )
 
 
 # --- the emitter -----------------------------------------------------------------------
@@ -235,12 +198,8 @@ class CsvEmitter:
 
     def path_for(self, tenant_id: str, day: date) -> Path:
         """The file for a tenant and emitted date, proven to lie inside ``output_dir``."""
-        values = {"tenant_id": tenant_id, "date": day.isoformat()}
-        if self.context is not None:
-            values |= {"tenant_name": self.context.tenant_name, "ecosystem": self.context.ecosystem}
-        for name in template_placeholders(self.filename_template):
-            _check_path_value(name, values[name])
-        return safe_join(self.output_dir, self.filename_template.format(**values))
+        values = {"tenant_id": tenant_id, "date": day.isoformat(), **context_path_values(self.context)}
+        return render_path(self.output_dir, self.filename_template, values)
 
     def _check_rows(self, tenant_id: str, rows: Sequence[ChargebackRow]) -> None:
         """Refuse rows that would put one tenant's money into another's file or drop a key."""
@@ -263,21 +222,9 @@ class CsvEmitter:
                 )
 
 
-def _check_path_value(placeholder: str, value: str) -> None:
-    """A substituted value may name a file or folder, never a path of its own."""
-    if not value or value in (".", "..") or any(ch in value for ch in ("/", "\\", "\x00")):
-        raise ValueError(f"{{{placeholder}}} value {value!r} cannot be used in a file name")
-
-
-def _resolve_output_dir(output_dir: str | os.PathLike[str], context: EmitterContext | None) -> Path:
-    """Relative directories follow the config file (config.md §1), else the start-up cwd."""
-    path = Path(output_dir)
-    if not path.is_absolute() and context is not None and context.config_dir is not None:
-        path = context.config_dir / path
-    return path.absolute()
-
-
-@emitter_factory(needs_emitter_context=True, validate_params=validate_csv_params)
+@emitter_factory(
+    needs_emitter_context=True, validate_params=validate_csv_params, validate_context=validate_csv_context
+)
 def make_csv_emitter(
     output_dir: str,
     filename_template: str = DEFAULT_FILENAME_TEMPLATE,
@@ -293,7 +240,8 @@ def make_csv_emitter(
                 f"params.filename_template: {{{needs_context[0]}}} needs an EmitterContext "
                 "(build the emitter through registry.get with context=...)"
             )
-    return CsvEmitter(_resolve_output_dir(output_dir, emitter_context), filename_template, emitter_context)
+    config_dir = emitter_context.config_dir if emitter_context else None
+    return CsvEmitter(resolve_output_dir(output_dir, config_dir), filename_template, emitter_context)
 
 
 def render_csv(rows: Iterable[ChargebackRow], extra_key_fields: Sequence[str] = ()) -> str:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chargeback_pipeline.emitters.registry import EmitterContext
 
 # New files get ordinary read permissions; ``mkstemp`` alone would leave them 0600 and
 # invisible to the (often different) account that collects the reports.
@@ -115,3 +119,124 @@ def remove_file(path: Path) -> bool:
         return False
     _fsync_directory(path.parent)
     return True
+
+
+# --- file-name templates and output directories shared by file-writing emitters -------
+
+_SAMPLE_VALUE = "x"
+
+
+def template_placeholders(template: str) -> set[str]:
+    """Placeholder names used by a template (assumes it passed validation)."""
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+def template_problem(template: str, allowed: Sequence[str]) -> str | None:
+    """Why ``template`` is not an acceptable file-name template, or ``None``.
+
+    Only plain ``{name}`` placeholders from ``allowed`` are accepted: attribute access,
+    indexing, conversions and format specs would let a configuration reach into
+    objects or produce names nobody reviewed.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is malformed ({exc})"
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in allowed:
+            shown = "{" + field + "}"
+            return f"uses unknown placeholder {shown}; allowed: {', '.join('{' + p + '}' for p in allowed)}"
+        if spec or conversion:
+            return f"placeholder {{{field}}} may not have a conversion or format spec"
+    problem = relative_path_problem(template.format(**dict.fromkeys(allowed, _SAMPLE_VALUE)))
+    return None if problem is None else f"must be a relative path inside output_dir but {problem}"
+
+
+def path_value_problem(value: str) -> str | None:
+    """Why a substituted value (tenant id, tenant name …) cannot be one path component."""
+    if not value:
+        return "is empty"
+    if value in (".", ".."):
+        return "is a relative directory reference"
+    for ch, what in (("/", "'/'"), ("\\", "'\\'"), ("\x00", "a NUL character")):
+        if ch in value:
+            return f"contains {what}"
+    return None
+
+
+def check_path_value(placeholder: str, value: str) -> None:
+    """A substituted value may name a file or folder, never a path of its own."""
+    problem = path_value_problem(value)
+    if problem is not None:
+        raise ValueError(f"{{{placeholder}}} value {value!r} cannot be used in a file name: it {problem}")
+
+
+def render_path(output_dir: Path, template: str, values: Mapping[str, str]) -> Path:
+    """``template`` filled with ``values``, proven to lie inside ``output_dir``."""
+    for name in sorted(template_placeholders(template)):
+        if name not in values:
+            raise ValueError(f"{{{name}}} has no value here (available: {', '.join(sorted(values))})")
+        check_path_value(name, values[name])
+    return safe_join(output_dir, template.format(**values))
+
+
+def resolve_output_dir(output_dir: str | os.PathLike[str], config_dir: Path | None) -> Path:
+    """Relative directories follow the config file (config.md §1), else the start-up cwd."""
+    path = Path(output_dir).expanduser()
+    if not path.is_absolute() and config_dir is not None:
+        path = config_dir / path
+    return path.absolute()
+
+
+def output_dir_problem(directory: Path) -> str | None:
+    """Why files cannot be written in ``directory`` (created with parents if missing), or ``None``.
+
+    Checked when the configuration is validated so that a typo or a read-only mount is
+    reported against the tenant and emitter before any run, not as a failed sink later.
+    """
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"{directory} cannot be created: no existing parent directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        what = (
+            "is not a directory" if probe == directory else f"cannot be created: {probe} is not a directory"
+        )
+        return f"{directory} {what}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == directory else f"cannot be created: {probe} is not writable"
+        return f"{directory} {what}"
+    return None
+
+
+def context_path_values(context: EmitterContext | None) -> dict[str, str]:
+    """The tenant-level placeholder values a context supplies (``{tenant_name}``, ``{ecosystem}``)."""
+    if context is None:
+        return {}
+    return {"tenant_name": context.tenant_name, "ecosystem": context.ecosystem}
+
+
+def check_output_location(output_dir: str, templates: Sequence[str], context: EmitterContext) -> None:
+    """Prove, before any run, that one tenant's files can be written where configured.
+
+    Every tenant-level value a template uses must be a single, safe path component (a
+    ``tenant_id`` of ``../x`` is refused here rather than at the first emission), and
+    ``output_dir`` must be writable or creatable.
+    """
+    values = context_path_values(context)
+    if context.tenant_id is not None:
+        values["tenant_id"] = context.tenant_id
+    for template in templates:
+        for name in sorted(template_placeholders(template) & set(values)):
+            problem = path_value_problem(values[name])
+            if problem is not None:
+                raise ValueError(
+                    f"{{{name}}} in filename template {template!r} would be {values[name]!r}, "
+                    f"which cannot be used in a file name: it {problem}"
+                )
+    problem = output_dir_problem(resolve_output_dir(output_dir, context.config_dir))
+    if problem is not None:
+        raise ValueError(f"params.output_dir: {problem}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ EMITTER_CONTEXT_PARAM = "emitter_context"
 RESERVED_PARAMS = (STORAGE_BACKEND_PARAM, EMITTER_CONTEXT_PARAM)
 
 ParamsValidator = Callable[[Mapping[str, Any]], None]
+ContextValidator = Callable[[Mapping[str, Any], "EmitterContext"], None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -44,12 +46,23 @@ class EmitterContext:
     ``extra_key_fields`` is the plugin's ``StorageModule.extra_key_fields`` in declared
     order (Confluent Cloud: ``("env_id",)``). ``config_dir`` is the directory of the
     configuration file; relative output paths are resolved against it (config.md §1).
+
+    The remaining fields describe the emitter spec, for emitters that read storage
+    themselves (the ``prometheus`` emitter renders whole history): ``tenant_id`` is the
+    label written into rows (known at config validation, before any row exists),
+    ``aggregation`` the spec's aggregation, ``earliest_date`` the oldest date its
+    ``lookback_days`` still emits (``None`` = all dates) and ``billing_resource_types``
+    the resource types the plugin's handlers gather (``None`` = every type).
     """
 
     tenant_name: str
     ecosystem: str
     extra_key_fields: tuple[str, ...] = ()
     config_dir: Path | None = None
+    tenant_id: str | None = None
+    aggregation: str | None = None
+    earliest_date: date | None = None
+    billing_resource_types: tuple[str, ...] | None = None
 
 
 _FACTORIES: dict[str, EmitterFactory] = {}
@@ -60,11 +73,15 @@ def emitter_factory(
     needs_storage_backend: bool = False,
     needs_emitter_context: bool = False,
     validate_params: ParamsValidator | None = None,
+    validate_context: ContextValidator | None = None,
 ) -> Callable[[F], F]:
     """Decorator setting the registry's flag attributes on a factory function.
 
     Equivalent to assigning ``factory.needs_storage_backend = True`` by hand (which
     still works, as in the seed document) but keeps type checkers quiet.
+    ``validate_params(params)`` checks the spec on its own; ``validate_context(params,
+    context)`` checks it against one tenant (file names built from its tenant id, an
+    output directory it cannot write) so that such problems are configuration errors.
     """
     attributes: dict[str, object] = {
         "needs_storage_backend": needs_storage_backend,
@@ -72,6 +89,8 @@ def emitter_factory(
     }
     if validate_params is not None:
         attributes["validate_params"] = validate_params
+    if validate_context is not None:
+        attributes["validate_context"] = validate_context
 
     def mark(factory: F) -> F:
         for attribute, value in attributes.items():
@@ -120,14 +139,44 @@ def names() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def validate_spec(name: str, params: Mapping[str, Any]) -> None:
+def validate_spec(name: str, params: Mapping[str, Any], context: EmitterContext | None = None) -> None:
     """Check an emitter spec without building it (for ``validate-config``).
 
-    Raises ``ValueError`` with a message the config layer prefixes with file, tenant
-    and emitter entry.
+    With ``context`` the spec is also checked against that tenant. Raises
+    ``ValueError`` with a message the config layer prefixes with file, tenant and
+    emitter entry.
     """
     factory = _lookup(name)
-    _check_params(name, factory, params)
+    _check_params(name, factory, params, context)
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "a boolean", type(None): "null"}
+
+
+def check_param_types(
+    emitter_type: str,
+    params: Mapping[str, Any],
+    types: Mapping[str, tuple[type, ...]],
+    required: tuple[str, ...] = (),
+) -> None:
+    """The common shape checks of a built-in emitter's params: no unknown, none missing,
+    every value of an allowed type (``bool`` never passes for ``int``)."""
+    unknown = sorted(set(params) - set(types))
+    if unknown:
+        raise ValueError(
+            f"params.{unknown[0]}: unknown parameter for emitter '{emitter_type}' "
+            f"(allowed: {', '.join(types)})"
+        )
+    for key in required:
+        if key not in params:
+            raise ValueError(f"params.{key}: required parameter of emitter '{emitter_type}' is missing")
+    for key, allowed in types.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in allowed)
+            raise ValueError(f"params.{key}: must be {words}, got {type(value).__name__}")
 
 
 def get(
@@ -139,7 +188,7 @@ def get(
 ) -> Emitter:
     """Build the emitter for one spec, injecting what its factory declares it needs."""
     factory = _lookup(name)
-    _check_params(name, factory, params)
+    _check_params(name, factory, params, context)
     kwargs = dict(params)
     if _flag(factory, "needs_storage_backend"):
         if storage_backend is None:
@@ -160,7 +209,9 @@ def _lookup(name: str) -> EmitterFactory:
     return factory
 
 
-def _check_params(name: str, factory: EmitterFactory, params: Mapping[str, Any]) -> None:
+def _check_params(
+    name: str, factory: EmitterFactory, params: Mapping[str, Any], context: EmitterContext | None = None
+) -> None:
     if not isinstance(params, Mapping):
         raise ValueError(f"Emitter '{name}': params must be a mapping, got {type(params).__name__}")
     for reserved in RESERVED_PARAMS:
@@ -171,6 +222,9 @@ def _check_params(name: str, factory: EmitterFactory, params: Mapping[str, Any])
     validator = getattr(factory, "validate_params", None)
     if callable(validator):
         validator(params)
+    context_validator = getattr(factory, "validate_context", None)
+    if context is not None and callable(context_validator):
+        context_validator(params, context)
 
 
 def _build(name: str, factory: EmitterFactory, kwargs: dict[str, Any]) -> Emitter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +20,7 @@ from pydantic import Field, SecretStr
 from chargeback_pipeline.allocation import generic_even_chain
 from chargeback_pipeline.config import PluginSettingsBase
 from chargeback_pipeline.emitters import registry
-from chargeback_pipeline.emitters.files import atomic_write
+from chargeback_pipeline.emitters.files import atomic_write, render_path
 from chargeback_pipeline.models import (
     BillingLineItem,
     ChargebackRow,
@@ -159,16 +160,28 @@ class FlatFeePlugin:
 # --- a custom emitter: per-identity totals of each day as JSON -------------------------
 
 
+@dataclass(frozen=True)
+class TeamTotalsOutput:
+    """What the last call wrote; the sink asset shows these fields as its metadata."""
+
+    path: Path
+    row_count: int
+    bytes_written: int
+
+
 class TeamTotalsEmitter:
     """Writes ``<output_dir>/<tenant_id>-<date>.json`` with the day's total per identity.
 
     It reads the billed total through the injected storage backend, to show what
-    ``needs_storage_backend`` gives an emitter.
+    ``needs_storage_backend`` gives an emitter. The file name goes through
+    ``render_path`` (a tenant id such as ``../x`` cannot leave ``output_dir``) and the
+    file through ``atomic_write`` (readers never see half a file).
     """
 
     def __init__(self, output_dir: str, storage_backend: Any) -> None:
         self._output_dir = Path(output_dir)
         self._backend = storage_backend
+        self.last_output: TeamTotalsOutput | None = None
 
     def __call__(self, tenant_id: str, date: date, rows: Sequence[ChargebackRow]) -> None:
         totals: dict[str, Decimal] = {}
@@ -181,10 +194,13 @@ class TeamTotalsEmitter:
             "billed": f"{billed:.4f}",
             "per_identity": {k: f"{v:.4f}" for k, v in sorted(totals.items())},
         }
-        self._output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self._output_dir / f"{tenant_id}-{date.isoformat()}.json") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        path = render_path(
+            self._output_dir, "{tenant_id}-{date}.json", {"tenant_id": tenant_id, "date": date.isoformat()}
+        )
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        with atomic_write(path) as handle:
+            handle.write(text)
+        self.last_output = TeamTotalsOutput(path, len(rows), len(text.encode("utf-8")))
 
 
 def make_team_totals(output_dir: str, storage_backend: Any) -> TeamTotalsEmitter:
