@@ -119,3 +119,16 @@ def test_replay_transport_paginates() -> None:
         assert len(list(c.list("/iam/v2/api-keys", page_size=4))) == 19
         assert list(c.list("/iam/v2/identity-providers/op-unknown/identity-pools")) == []
     assert c.request_count == 6  # 5 pages of at most 4 keys, then one 404
+
+
+def test_a_missing_recording_is_a_settings_error_naming_the_field(tmp_path: Path) -> None:
+    from chargeback_pipeline.errors import PluginConfigError
+
+    settings = replay_settings()
+    settings["ccloud_api"]["replay"]["dir"] = str(tmp_path / "nowhere")  # type: ignore[index]
+    plugin = ConfluentCloudPlugin()
+    plugin.validate_settings(settings)  # no file access when only validating
+    with pytest.raises(PluginConfigError) as raised:
+        plugin.initialize(settings)
+    assert raised.value.field == "ccloud_api.replay.dir"
+    assert "cannot read a recording" in raised.value.reason

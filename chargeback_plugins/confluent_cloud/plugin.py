@@ -15,6 +15,7 @@ import httpx
 
 from chargeback_pipeline.allocation import DefaultFallbackAllocator
 from chargeback_pipeline.clock import utc_now
+from chargeback_pipeline.errors import PluginConfigError
 from chargeback_pipeline.metrics import PrometheusSource
 from chargeback_pipeline.plugin_settings import parse_plugin_settings
 from chargeback_pipeline.protocols import (
@@ -157,8 +158,16 @@ class ConfluentCloudPlugin:
         if api.replay.recorded_now is not None:
             shift = (utc_now().date() - api.replay.recorded_now.date()).days
         directory = Path(api.replay.dir)
+        try:
+            organisation = RecordedOrganisation.from_dir(directory, shift_days=shift)
+        except (OSError, ValueError) as exc:
+            raise PluginConfigError(
+                "ccloud_api.replay.dir",
+                f"cannot read a recording (responses.json and billing_costs.json, optionally .gz) "
+                f"in {directory}: {type(exc).__name__}",
+            ) from None
         log.info("Confluent Cloud API replayed from %s (dates moved by %d days)", directory, shift)
-        return ReplayTransport(RecordedOrganisation.from_dir(directory, shift_days=shift))
+        return ReplayTransport(organisation)
 
     # --- helpers -------------------------------------------------------------------------
 
