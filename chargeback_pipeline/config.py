@@ -831,6 +831,7 @@ class _TenantLoader:
         except Exception as exc:
             issues.append(("ecosystem", f"plugin '{ecosystem}' factory failed: {type(exc).__name__}: {exc}"))
             return []
+        self._resolve_plugin_paths(plugin, plugin_raw)
         known_paths = {path for path, _ in issues}
         for path, message in plugin_validation_issues(plugin, plugin_raw):
             if path not in known_paths:
@@ -839,6 +840,24 @@ class _TenantLoader:
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model_secret_patterns(model)
         return []
+
+    def _resolve_plugin_paths(self, plugin: object, plugin_raw: dict[str, Any]) -> None:
+        """Relative paths a plugin declares in ``config_relative_paths`` are relative to the config file.
+
+        Each entry is a key path inside ``plugin_settings`` (e.g. ``("ccloud_api", "replay", "dir")``);
+        a string found there that is not absolute is joined to the config file's directory, so the
+        file works from any working directory (the same rule as emitter ``output_dir``).
+        """
+        declared = getattr(plugin, "config_relative_paths", ())
+        if not isinstance(declared, tuple | list):
+            return
+        for key_path in declared:
+            parent: Any = plugin_raw
+            *head, last = key_path
+            for key in head:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and isinstance(parent.get(last), str) and parent[last].strip():
+                parent[last] = str(self.config_dir / Path(parent[last]).expanduser())
 
     def _finish(self, name: str, tenant: TenantConfig) -> None:
         tenant._name = name

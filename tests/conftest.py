@@ -43,6 +43,8 @@ def demo_config(tmp_path: Path, frozen_clock: str) -> Path:
     target = tmp_path / "demo" / "config.yaml"
     target.parent.mkdir()
     shutil.copy(DEMO_CONFIG, target)
+    # The Confluent Cloud tenant replays the recording next to the config file.
+    shutil.copytree(DEMO_CONFIG.parent / "ccloud", target.parent / "ccloud")
     return target
 
 

@@ -60,6 +60,17 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
         f"2026-03-0{i}.csv" for i in range(1, 8)
     ]
     assert [p.name for p in (csv_dir / "redis-cache").iterdir()] == ["2026-03-01.csv"]
+    # The Confluent Cloud tenant replays the recorded sample organisation (no credentials, no
+    # Prometheus): the sample's billing to the cent; without telemetry only the mid-day cluster's
+    # inactive share and the unknown product type reach UNALLOCATED.
+    assert "tenant confluent-cloud: 7 date(s) 2026-03-01 .. 2026-03-07" in out
+    assert (
+        "confluent-cloud: dates ok 7, failed 0; billed 1609.3295, allocated 1609.3295, "
+        "UNALLOCATED 24.7134 (1.54%)" in out
+    )
+    assert sorted(p.name for p in (csv_dir / "confluent-cloud").iterdir()) == [
+        f"2026-03-0{i}.csv" for i in range(1, 8)
+    ]
     # The runs went to the persistent instance in the working directory (dagster.yaml there).
     assert (demo_config.parent / "history" / "runs.db").exists()
 

@@ -94,7 +94,7 @@ def test_definitions_show_every_lifecycle_step(demo_config: Path) -> None:
     assert isinstance(partitions, dg.MultiPartitionsDefinition)
     assert {d.name for d in partitions.partitions_defs} == {TENANT_DIM, DATE_DIM}
     keys_of_day = [k for k in partitions.get_partition_keys() if k.startswith("2026-03-07|")]
-    assert keys_of_day == ["2026-03-07|postgres-prod", "2026-03-07|redis-cache"]
+    assert keys_of_day == ["2026-03-07|confluent-cloud", "2026-03-07|postgres-prod", "2026-03-07|redis-cache"]
     # The newest settled date is today (2026-03-09) − cutoff_days − 1.
     assert partitions.get_last_partition_key() == "2026-03-07|redis-cache"
     blocking = {k.name: graph.get_check_spec(k).blocking for k in graph.asset_check_keys}

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -255,9 +254,9 @@ def test_amounts_round_trip_exactly(db: TenantDatabase, amounts: list[Decimal]) 
     assert db.chargebacks.date_totals(D1).allocated == sum(amounts, Decimal(0))
 
 
-def test_800k_rows_replace_timing(db: TenantDatabase) -> None:
-    """Throughput of the hot write path; printed, not asserted (machines differ)."""
-    n = 800_000
+def test_large_date_is_replaced_exactly(db: TenantDatabase) -> None:
+    """A date of 100k rows replaced twice holds exactly the second set (timings: benchmarks/)."""
+    n = 100_000
     identities = [f"sa-{i:03d}" for i in range(200)]
     rows = [
         ChargebackRow(
@@ -269,25 +268,16 @@ def test_800k_rows_replace_timing(db: TenantDatabase) -> None:
             product_type="KAFKA_NUM_CKU",
             identity_id=identities[i % 200],
             cost_type=CostType.USAGE,
-            amount=Decimal(i % 1_000_003 - 500_000).scaleb(-4),
+            amount=Decimal(i % 1_000_003 - 50_000).scaleb(-4),
             allocation_method="usage_ratio",
             allocation_detail="usage_ratio_allocation",
         )
         for i in range(n)
     ]
     expected_total = sum((r.amount for r in rows), Decimal(0))
-    started = time.perf_counter()
     db.chargebacks.replace_date(D1, rows, "first")
-    first = time.perf_counter() - started
-    started = time.perf_counter()
     db.chargebacks.replace_date(D1, rows, "second")
-    second = time.perf_counter() - started
-    started = time.perf_counter()
     read = db.chargebacks.find_by_date(D1)
-    reading = time.perf_counter() - started
-    print(
-        f"\n800k chargeback rows: replace {first:.2f}s, re-replace {second:.2f}s, find_by_date {reading:.2f}s"
-    )
     assert len(read) == n
     assert db.chargebacks.date_totals(D1).allocated == expected_total
     assert read[0].identity_id == "sa-000" and read[0].resource_id == "lkc-0"

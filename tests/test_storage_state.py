@@ -173,6 +173,17 @@ def test_usage_round_trip_keeps_none_empty_failed_and_exact_values(db: TenantDat
     assert db.usage.load_date(D2) == {}
 
 
+def test_usage_labels_of_one_series_are_decoded_once_and_read_only(db: TenantDatabase) -> None:
+    series = [metric(str(h), h, principal="sa-1", kafka_id="lkc-1") for h in range(24)]
+    other = [metric("5", 0, kafka_id="lkc-1", principal="sa-2")]
+    db.usage.replace_date(D1, {("lkc-1", T1, W_END): ({"bytes_in": series + other}, False)})
+    rows = db.usage.load_date(D1)[("lkc-1", T1, W_END)].rows["bytes_in"]  # type: ignore[index]
+    assert [dict(r.labels) for r in rows] == [dict(r.labels) for r in series + other]
+    assert all(r.labels is rows[0].labels for r in rows[:24]) and rows[24].labels is not rows[0].labels
+    with pytest.raises(TypeError):
+        rows[0].labels["principal"] = "someone-else"  # type: ignore[index]
+
+
 def test_usage_refuses_float_values_and_naive_windows(db: TenantDatabase) -> None:
     bad = MetricRow(timestamp=T1, metric_key="k", value=0.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="value must be a Decimal, got float"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import duckdb
@@ -103,11 +104,26 @@ class UsageMetricsRepository:
 
     @staticmethod
     def _rows_frame(groups: Mapping[UsageKey, UsageGroupData]) -> Any:
+        """Column lists of every metric row; per-group values are computed once per group.
+
+        A day holds tens of thousands of points, so the per-row work is kept to appends:
+        a series' label set repeats on every point and is encoded once, timestamps are
+        converted once per distinct instant.
+        """
         cols: dict[str, list[Any]] = {name: [] for name in _ROW_COLUMNS}
+        label_json: dict[tuple[tuple[str, str], ...], str] = {}
+        instants: dict[datetime, int] = {}
         for key, group in groups.items():
+            resource_id, ws, we = key[0], epoch_us(key[1]), epoch_us(key[2])
             for metric_key, metric_rows in (group.rows or {}).items():
-                for i, row in enumerate(metric_rows):
-                    _append_row(cols, key, metric_key, i, row)
+                count = len(metric_rows)
+                cols["resource_id"].extend([resource_id] * count)
+                cols["ws"].extend([ws] * count)
+                cols["we"].extend([we] * count)
+                cols["metric_key"].extend([metric_key] * count)
+                cols["row_no"].extend(range(count))
+                for row in metric_rows:
+                    _append_row(cols, key, metric_key, row, label_json, instants)
         data: dict[str, Any] = dict(cols)
         for name in ("ws", "we", "ts"):
             data[name] = np.array(cols[name], dtype=np.int64)
@@ -140,44 +156,65 @@ class UsageMetricsRepository:
         return groups
 
     def _load_rows(self, d: date, groups: dict[UsageKey, UsageGroupData]) -> None:
-        cache: dict[int, datetime] = {}
-
-        def ts(us: int) -> datetime:
-            value = cache.get(us)
-            if value is None:
-                value = cache[us] = from_epoch_us(us)
-            return value
-
+        """Attach the date's rows to their groups; rows arrive ordered by group, key and row number."""
+        instants: dict[int, datetime] = {}
+        # Rows of one series share one read-only labels mapping, decoded once.
+        label_cache: dict[str, Mapping[str, str]] = {}
+        current: tuple[str, int, int] | None = None
+        rows: dict[str, list[MetricRow]] | None = None
         for resource_id, ws, we, metric_key, row_metric_key, t, value, labels in self._conn.execute(
             "SELECT resource_id, epoch_us(window_start), epoch_us(window_end), metric_key, row_metric_key, "
             'epoch_us("timestamp"), value, labels FROM usage_metrics WHERE billing_date = ? '
             "ORDER BY resource_id, window_start, window_end, metric_key, row_no",
             [d],
         ).fetchall():
-            group = groups.get((resource_id, ts(ws), ts(we)))
-            if group is None or group.rows is None:
+            if current != (resource_id, ws, we):
+                current = (resource_id, ws, we)
+                group = groups.get((resource_id, from_epoch_us(ws), from_epoch_us(we)))
+                rows = None if group is None else group.rows
+            if rows is None:
                 continue
-            row = MetricRow(ts(t), row_metric_key, Decimal(value), load_json(labels))
-            group.rows.setdefault(metric_key, []).append(row)
+            at = instants.get(t)
+            if at is None:
+                at = instants[t] = from_epoch_us(t)
+            mapping = label_cache.get(labels)
+            if mapping is None:
+                mapping = label_cache[labels] = MappingProxyType(load_json(labels) or {})
+            found = rows.get(metric_key)
+            if found is None:
+                found = rows[metric_key] = []
+            found.append(MetricRow(at, row_metric_key, Decimal(value), mapping))
 
 
 def _metric_keys(group: UsageGroupData) -> str | None:
     return None if group.rows is None else dump_json(list(group.rows), "metric keys")
 
 
-def _append_row(cols: dict[str, list[Any]], key: UsageKey, metric_key: str, i: int, row: MetricRow) -> None:
+def _append_row(
+    cols: dict[str, list[Any]],
+    key: UsageKey,
+    metric_key: str,
+    row: MetricRow,
+    label_json: dict[tuple[tuple[str, str], ...], str],
+    instants: dict[datetime, int],
+) -> None:
+    """The per-point columns of one row (the group's columns are filled by the caller)."""
     value = row.value
     if isinstance(value, float) or not isinstance(value, Decimal | int):
         raise TypeError(
             f"usage metric {metric_key} of {key[0]}: value must be a Decimal, "
             f"got {type(value).__name__} {value!r}"
         )
-    cols["resource_id"].append(key[0])
-    cols["ws"].append(epoch_us(key[1]))
-    cols["we"].append(epoch_us(key[2]))
-    cols["metric_key"].append(metric_key)
-    cols["row_no"].append(i)
     cols["row_metric_key"].append(row.metric_key)
-    cols["ts"].append(epoch_us(require_utc(row.timestamp, f"usage metric {metric_key} timestamp")))
+    at = instants.get(row.timestamp)
+    if at is None:
+        at = instants[row.timestamp] = epoch_us(
+            require_utc(row.timestamp, f"usage metric {metric_key} timestamp")
+        )
+    cols["ts"].append(at)
     cols["value"].append(str(value))
-    cols["labels"].append(dump_json(dict(row.labels), f"labels of usage metric {metric_key}"))
+    items = tuple(row.labels.items())
+    encoded = label_json.get(items)
+    if encoded is None:
+        encoded = label_json[items] = dump_json(dict(items), f"labels of usage metric {metric_key}")
+    cols["labels"].append(encoded)

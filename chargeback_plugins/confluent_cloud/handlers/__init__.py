@@ -1,0 +1,1 @@
+"""The seven Confluent Cloud service handlers, in gather order (spec/confluent-cloud.md §6)."""

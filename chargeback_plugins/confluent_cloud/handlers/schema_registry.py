@@ -1,0 +1,92 @@
+"""The ``schema_registry`` handler: registries per environment (§3 E3, §7.2).
+
+Lines are resolved like Kafka lines — owners of the API keys scoped to the registry —
+and never request metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+
+from chargeback_pipeline.models import IdentityResolution, MetricRow, Resource
+from chargeback_pipeline.protocols import ResolveContext, TenantStore
+from chargeback_plugins.confluent_cloud import chains
+from chargeback_plugins.confluent_cloud.client import CCloudClient
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.identities import (
+    CandidateCache,
+    PrincipalCache,
+    resolve_by_api_keys_and_metrics,
+)
+from chargeback_plugins.confluent_cloud.inventory import (
+    ECOSYSTEM,
+    SharedContext,
+    created_at,
+    get,
+    lower_trim,
+    text,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_REGISTRY = "schema_registry"
+PATH = "/srcm/v3/clusters"
+
+
+class SchemaRegistryHandler(HandlerBase):
+    service_type = "schema_registry"
+    gathered_resource_types: Sequence[str] = (SCHEMA_REGISTRY,)
+
+    def __init__(self, client: CCloudClient) -> None:
+        chain = chains.even_owners_chain()
+        super().__init__({"SCHEMA_REGISTRY": chain, "GOVERNANCE_BASE": chain, "NUM_RULES": chain})
+        self._client = client
+        self._candidates = CandidateCache()
+        self._principals = PrincipalCache()
+
+    def gather_resources(
+        self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
+    ) -> Iterator[Resource]:
+        if not isinstance(shared_ctx, SharedContext):
+            raise TypeError("the schema_registry handler needs the plugin's shared context")
+        for env_id in shared_ctx.env_ids:
+            for item in self._client.list(PATH, {"environment": env_id}, page_size=50):
+                registry_id = text(item, "id")
+                if registry_id is None:
+                    log.warning("schema registry without id in %s skipped", env_id)
+                    continue
+                spec = get(item, "spec")
+                yield Resource(
+                    ecosystem=ECOSYSTEM,
+                    tenant_id=tenant_id,
+                    resource_id=registry_id,
+                    resource_type=SCHEMA_REGISTRY,
+                    display_name=text(spec, "display_name"),
+                    parent_id=text(spec, "environment", "id") or env_id,
+                    created_at=created_at(item, f"schema registry {registry_id}"),
+                    metadata={
+                        "http_endpoint": get(spec, "http_endpoint"),
+                        "cloud": lower_trim(get(spec, "cloud")),
+                        "region": lower_trim(get(spec, "region")),
+                        "provider_cloud": get(spec, "cloud"),
+                        "provider_region": get(spec, "region"),
+                        "crn": get(item, "metadata", "resource_name"),
+                    },
+                )
+
+    def resolve_identities(
+        self,
+        tenant_id: str,
+        resource_id: str,
+        billing_timestamp: datetime,
+        billing_duration: timedelta,
+        metrics_data: dict[str, list[MetricRow]] | None,
+        store: TenantStore,
+        context: ResolveContext | None = None,
+    ) -> IdentityResolution:
+        candidates = self._candidates.for_window(
+            tenant_id, billing_timestamp, billing_timestamp + billing_duration, store, context
+        )
+        return resolve_by_api_keys_and_metrics(candidates, resource_id, metrics_data, self._principals)
