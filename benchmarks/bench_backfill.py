@@ -29,6 +29,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -65,13 +67,18 @@ query($path: [String!]!) {
 
 
 def bench_config(target: Path, days: int) -> Path:
-    """The demo configuration with a window and retention that cover ``days`` dates."""
-    text = (REPO / "examples" / "demo" / "config.yaml").read_text(encoding="utf-8")
-    lookback = min(days + 1, 364)
-    text = text.replace("lookback_days: 8", f"lookback_days: {lookback}")
-    text = text.replace("retention_days: 90", f"retention_days: {days + 30}")
+    """The demo's two fixed-rate tenants with a window and retention covering ``days`` dates.
+
+    (The demo's third tenant replays a recorded week of Confluent Cloud; it has no year.)
+    """
+    data = yaml.safe_load((REPO / "examples" / "demo" / "config.yaml").read_text(encoding="utf-8"))
+    data["tenants"] = {name: data["tenants"][name] for name in TENANTS}
+    for tenant in data["tenants"].values():
+        tenant["lookback_days"] = min(days + 1, 364)
+        tenant["retention_days"] = days + 30
+    data["features"]["enable_periodic_refresh"] = False  # only the backfill runs
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return target
 
 

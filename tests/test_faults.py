@@ -95,9 +95,9 @@ def test_a_run_killed_inside_the_commit_leaves_the_partition_as_it_was(
     assert len(before_rows) == 15 and before_id
 
     # The backup rate changes, so the killed calculation would have written other amounts.
-    demo_config.write_text(
-        demo_config.read_text(encoding="utf-8").replace('rate: "0.021"', 'rate: "0.025"'), "utf-8"
-    )
+    text = demo_config.read_text(encoding="utf-8")
+    assert 'rate: "0.021"' in text
+    demo_config.write_text(text.replace('rate: "0.021"', 'rate: "0.025"'), "utf-8")
     killed = python(KILL_INSIDE_COMMIT, {"CONFIG": str(demo_config)})
     killed.communicate(timeout=300)
     assert killed.returncode == -9

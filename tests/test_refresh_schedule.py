@@ -22,6 +22,7 @@ from chargeback_pipeline.defs.schedules import REFRESH_SCHEDULE, RETENTION_SCHED
 from chargeback_pipeline.refresh import date_ranges, refresh_cron
 from chargeback_pipeline.steps import CONSECUTIVE_GATHER_FAILURES, LAST_GATHER_ERROR
 from chargeback_pipeline.storage import open_tenant_db
+from tests.ops_support import fixed_rate_demo
 
 TICK = datetime(2026, 3, 9, 6, 0, tzinfo=UTC)
 WINDOW = ("2026-03-01", "2026-03-07")
@@ -37,9 +38,9 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 def enable_refresh(config: Path) -> Path:
-    """The demo has the refresh on; the tests below rely on it."""
+    """The demo's two fixed-rate tenants, refresh on (as in the demo)."""
     assert "enable_periodic_refresh: true" in config.read_text(encoding="utf-8")
-    return config
+    return fixed_rate_demo(config)
 
 
 def tick(config: Path, instance: dg.DagsterInstance, at: datetime = TICK) -> dg.SensorResult | Any:
@@ -146,8 +147,9 @@ def test_schedule_is_on_only_when_periodic_refresh_is_enabled(demo_config: Path)
 def test_first_tick_requests_one_full_refresh_run_per_tenant(
     demo_config: Path, instance: dg.DagsterInstance
 ) -> None:
-    result = tick(enable_refresh(demo_config), instance)
+    result = tick(demo_config, instance)  # the whole demo, with its Confluent Cloud tenant
     assert [summary(r) for r in result.run_requests] == [
+        ("confluent-cloud", "full", f"{WINDOW[0]}|confluent-cloud", f"{WINDOW[1]}|confluent-cloud", None),
         ("postgres-prod", "full", f"{WINDOW[0]}|postgres-prod", f"{WINDOW[1]}|postgres-prod", None),
         ("redis-cache", "full", f"{WINDOW[0]}|redis-cache", f"{WINDOW[1]}|redis-cache", None),
     ]
@@ -191,7 +193,9 @@ def test_a_changed_rate_is_recalculated_and_re_emitted_by_the_next_refresh(
     for request in tick(config, instance).run_requests:
         execute(config, instance, request)
     # The vendor revises the PostgreSQL backup rate: 0.021 → 0.025 per hour (+0.0960 a day).
-    config.write_text(config.read_text(encoding="utf-8").replace('rate: "0.021"', 'rate: "0.025"'), "utf-8")
+    text = config.read_text(encoding="utf-8")
+    assert "rate: '0.021'" in text
+    config.write_text(text.replace("rate: '0.021'", "rate: '0.025'"), "utf-8")
     set_clock(monkeypatch, TICK + timedelta(hours=1))
     requests = tick(config, instance, TICK + timedelta(hours=1)).run_requests
     pg = partition_metadata(execute(config, instance, requests[0]), "chargebacks")
@@ -303,7 +307,7 @@ def test_suspended_tenants_are_skipped_until_their_settings_change(
 def test_sinks_follow_re_materialised_chargebacks_of_old_dates(
     demo_config: Path, instance: dg.DagsterInstance
 ) -> None:
-    defs = build_definitions(demo_config)
+    defs = build_definitions(fixed_rate_demo(demo_config))
     job = defs.resolve_job_def(PIPELINE_JOB)
     emit_csv = dg.AssetKey("emit_csv")
     baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)

@@ -19,6 +19,7 @@ from chargeback_pipeline.models import Identity
 from chargeback_pipeline.run_queue import RETENTION_JOB
 from chargeback_pipeline.storage import open_tenant_db
 from tests.conftest import EXAMPLE_PLUGINS
+from tests.ops_support import edit_config, fixed_rate_demo
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -54,10 +55,7 @@ def pg_db(config: Path) -> Any:
 def test_retention_job_removes_what_left_the_window_and_says_what(
     demo_config: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = demo_config
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("retention_days: 90", "retention_days: 10", 1), "utf-8"
-    )
+    config = edit_config(demo_config, drop=("confluent-cloud",), **{"postgres-prod": {"retention_days": 10}})
     assert run_range(config, instance, "postgres-prod", "2026-03-01", "2026-03-07").success
     with pg_db(config) as db, db.transaction():
         db.identities.upsert_many(
@@ -111,6 +109,7 @@ def test_retention_schedule_requests_one_run_per_tenant(
     )
     requests = defs.resolve_schedule_def(RETENTION_SCHEDULE).evaluate_tick(context).run_requests
     assert [(r.partition_key, r.tags["tenant"]) for r in requests] == [
+        ("confluent-cloud", "confluent-cloud"),
         ("postgres-prod", "postgres-prod"),
         ("redis-cache", "redis-cache"),
     ]
@@ -201,6 +200,8 @@ def test_expected_fresh_date(now: str, grace: int, expected: date) -> None:
 def test_freshness_check_flags_each_tenant_whose_latest_settled_date_is_missing(
     demo_config: Path, instance: dg.DagsterInstance
 ) -> None:
+    fixed_rate_demo(demo_config)
+
     def freshness() -> dg.AssetCheckEvaluation:
         job = build_definitions(demo_config).resolve_job_def("chargeback_freshness")
         result = job.execute_in_process(instance=instance)
