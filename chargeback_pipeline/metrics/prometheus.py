@@ -204,7 +204,8 @@ class PrometheusSource:
             if self._client is None:
                 conn = self._connection
                 auth: httpx.Auth | None = None
-                headers: dict[str, str] = {}
+                # httpx asks for gzip by default; see MetricsConnection.compress_responses.
+                headers: dict[str, str] = {} if conn.compress_responses else {"Accept-Encoding": "identity"}
                 if conn.auth_type == "basic" and conn.username and conn.password is not None:
                     password = conn.password.get_secret_value()
                     auth = httpx.BasicAuth(conn.username, password)
