@@ -31,6 +31,7 @@ from chargeback_pipeline.models import (
 from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
+from chargeback_pipeline.storage.codec import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class TenantSession:
 # --- billing ---------------------------------------------------------------------------
 
 
+@collector_paused
 def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, dict[str, Any]]:
     """Gather and store billing lines for ``dates`` (operations.md §3).
 
@@ -353,6 +355,7 @@ def _sweep(
 UsageKey = tuple[str, datetime, datetime]
 
 
+@collector_paused
 def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     """Fetch usage for the date's lines, one query batch per (resource, window) (§6)."""
     runtime = session.runtime
@@ -419,6 +422,7 @@ def _usage_groups(
 # --- chargebacks -----------------------------------------------------------------------
 
 
+@collector_paused
 def calculate_chargebacks(session: TenantSession, d: date) -> dict[str, Any]:
     """Allocate every billing line of ``d`` and commit the rows atomically (§7)."""
     db = session.db
