@@ -130,12 +130,22 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
 
 
-def dump_json(value: Any, what: str) -> str:
-    """JSON text for metadata columns; ``Decimal`` becomes a string so no digit is lost."""
+# One encoder for every call: ``json.dumps`` with non-default options builds a new
+# encoder each time, which costs more than encoding a small metadata object.
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+
+
+def dump_json(value: Any, what: str | Callable[[], str]) -> str:
+    """JSON text for metadata columns; ``Decimal`` becomes a string so no digit is lost.
+
+    ``what`` names the value in the error; pass a callable when building the name costs
+    something and most values encode fine.
+    """
     try:
-        return json.dumps(value, default=_json_default, ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} cannot be stored as JSON: {exc}") from exc
+        name = what() if callable(what) else what
+        raise ValueError(f"{name} cannot be stored as JSON: {exc}") from exc
 
 
 def load_json(text: str | None) -> Any:
