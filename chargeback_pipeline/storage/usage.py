@@ -242,15 +242,14 @@ class _LabelEncoder:
 
     def encode(self, mappings: list[Mapping[str, str]], metric_key: str) -> list[str]:
         # Keyed by id() only within this call, while ``mappings`` keeps every object alive.
+        ids = list(map(id, mappings))
         by_id: dict[int, str] = {}
-        for mapping in mappings:
-            if id(mapping) in by_id:
-                continue
+        for key, mapping in dict(zip(ids, mappings, strict=True)).items():
             items = tuple(mapping.items())
             text = self._by_content.get(items)
             if text is None:
                 text = self._by_content[items] = dump_json(
                     dict(items), f"labels of usage metric {metric_key}"
                 )
-            by_id[id(mapping)] = text
-        return [by_id[id(mapping)] for mapping in mappings]
+            by_id[key] = text
+        return list(map(by_id.__getitem__, ids))
