@@ -8,6 +8,7 @@ records every request byte for byte. httpx is not patched.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import pickle
@@ -29,7 +30,7 @@ from chargeback_pipeline.metrics import (
 )
 from chargeback_pipeline.metrics.cache import ResponseCache
 from chargeback_pipeline.metrics.parsing import inject_resource_filter
-from chargeback_pipeline.models import MetricQuery, MetricRow
+from chargeback_pipeline.models import MetricQuery, MetricRow, metric_row
 from tests.prometheus_stub import Received, Reply, StubPrometheus, matrix, running_stub, success
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
@@ -288,6 +289,15 @@ def test_series_with_equal_filtered_labels_merge_by_time_and_odd_points_follow_t
     ]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "'bad'" in warnings[0] and "True" in warnings[1]
+
+
+def test_metric_row_fast_constructor_builds_the_same_frozen_row() -> None:
+    fast = metric_row(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"})
+    assert type(fast) is MetricRow
+    assert fast == MetricRow(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"})
+    assert repr(fast) == repr(MetricRow(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = Decimal(2)  # type: ignore[misc]
 
 
 def test_an_empty_result_gives_an_empty_list_for_every_query(stub: StubPrometheus) -> None:

@@ -15,7 +15,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
-from chargeback_pipeline.models import MetricQuery, MetricRow, require_utc
+from chargeback_pipeline.models import MetricQuery, MetricRow, metric_row, require_utc
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def parse_rows(
                 continue
             if window is not None and not (window[0] <= timestamp < window[1]):
                 continue
-            rows.append(MetricRow(timestamp, query.key, value, shared))
+            rows.append(metric_row(timestamp, query.key, value, shared))
     ordered: list[MetricRow] = []
     for label_key in sorted(by_labels):
         rows = by_labels[label_key][1]

@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 
 from chargeback_pipeline.errors import StorageError
-from chargeback_pipeline.models import MetricRow, require_utc
+from chargeback_pipeline.models import MetricRow, metric_row, require_utc
 from chargeback_pipeline.storage.codec import (
     EPOCH_US_TO_TIMESTAMPTZ_SQL,
     dump_json,
@@ -204,7 +204,7 @@ class UsageMetricsRepository:
                 continue
             group.rows.setdefault(metric_key, []).extend(
                 map(
-                    MetricRow,
+                    metric_row,
                     map(instants.__getitem__, stamps[lo:at]),
                     metric_keys[lo:at],
                     map(Decimal, values[lo:at]),
