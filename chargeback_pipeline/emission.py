@@ -34,6 +34,7 @@ from chargeback_pipeline.emitters import aggregation, registry
 from chargeback_pipeline.models import ChargebackRow
 from chargeback_pipeline.protocols import Emitter
 from chargeback_pipeline.storage import TenantDatabase
+from chargeback_pipeline.storage.codec import collector_paused
 from chargeback_pipeline.storage.state import EmissionRecord, EmissionStatus
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def emitter_context(session: TenantSession, spec: EmitterSpec, today: date) -> r
     )
 
 
+@collector_paused
 def emit_dates(
     session: TenantSession, emitter_name: str, dates: Sequence[date], today: date
 ) -> dict[date, dict[str, Any]]:

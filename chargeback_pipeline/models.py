@@ -201,6 +201,28 @@ class MetricRow:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+_SET_METRIC_ROW_FIELDS = tuple(
+    getattr(MetricRow, name).__set__ for name in ("timestamp", "metric_key", "value", "labels")
+)
+
+
+def metric_row(timestamp: datetime, metric_key: str, value: Decimal, labels: Mapping[str, str]) -> MetricRow:
+    """``MetricRow(timestamp, metric_key, value, labels)`` for bulk readers.
+
+    The same frozen object, with its slots filled directly instead of through the
+    generated ``__init__`` (which goes through ``object.__setattr__`` per field): half
+    the time, and a day of Kafka telemetry is ~45,000 rows, built when fetched and again
+    when read back from storage.
+    """
+    row = object.__new__(MetricRow)
+    set_timestamp, set_metric_key, set_value, set_labels = _SET_METRIC_ROW_FIELDS
+    set_timestamp(row, timestamp)
+    set_metric_key(row, metric_key)
+    set_value(row, value)
+    set_labels(row, labels)
+    return row
+
+
 @dataclass(slots=True)
 class ChargebackRow:
     ecosystem: str

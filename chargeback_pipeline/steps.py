@@ -21,7 +21,6 @@ from typing import Any
 from chargeback_pipeline.calculation import UsageGroup, calculate_date
 from chargeback_pipeline.config import TenantConfig
 from chargeback_pipeline.models import (
-    ZERO,
     BillingLineItem,
     MetricQuery,
     billing_window,
@@ -31,6 +30,7 @@ from chargeback_pipeline.models import (
 from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
+from chargeback_pipeline.storage.codec import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class TenantSession:
 # --- billing ---------------------------------------------------------------------------
 
 
+@collector_paused
 def gather_billing(session: TenantSession, dates: Sequence[date]) -> dict[date, dict[str, Any]]:
     """Gather and store billing lines for ``dates`` (operations.md §3).
 
@@ -145,17 +146,17 @@ def _cost_gaps(session: TenantSession, d: date) -> list[str]:
 def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLineItem]) -> dict[str, Any]:
     db = session.db
     if not lines:
-        stored = db.billing.find_by_date(d)
-        if stored:
+        count, total = db.billing.date_summary(d)
+        if count:
             log.warning(
                 "tenant '%s': no billing returned for %s; keeping %d stored lines",
                 session.name,
                 d,
-                len(stored),
+                count,
             )
         with db.transaction():
             db.state.mark_billing_gathered(d, db.billing.fingerprint(d))
-        return _billing_metadata(stored, withdrawn=0, revised=0, kept=True)
+        return _billing_metadata(count, total, withdrawn=0, revised=0, kept=True)
     with db.transaction():
         result = db.billing.replace_date(d, lines)
         db.state.mark_billing_gathered(d, db.billing.fingerprint(d))
@@ -163,17 +164,19 @@ def _store_billing_date(session: TenantSession, d: date, lines: list[BillingLine
         log.info("tenant '%s': %s: billing line withdrawn by the vendor: %s", session.name, d, key)
     for revision in result.revised:
         log.info("tenant '%s': %s: Billing revision detected: %s", session.name, d, revision)
-    stored = db.billing.find_by_date(d)
-    log.info("tenant '%s': %s: stored %d billing lines", session.name, d, len(stored))
-    return _billing_metadata(stored, withdrawn=len(result.withdrawn), revised=len(result.revised), kept=False)
+    count, total = db.billing.date_summary(d)
+    log.info("tenant '%s': %s: stored %d billing lines", session.name, d, count)
+    return _billing_metadata(
+        count, total, withdrawn=len(result.withdrawn), revised=len(result.revised), kept=False
+    )
 
 
 def _billing_metadata(
-    lines: Sequence[BillingLineItem], *, withdrawn: int, revised: int, kept: bool
+    count: int, total: Decimal, *, withdrawn: int, revised: int, kept: bool
 ) -> dict[str, Any]:
-    total = sum((line.total_cost for line in lines), ZERO)
+    """Counted and summed in SQL: reading the lines back only to count them cost more than storing them."""
     return {
-        "line_count": len(lines),
+        "line_count": count,
         "billed_total": money(total),
         "withdrawn_lines": withdrawn,
         "revised_lines": revised,
@@ -355,6 +358,7 @@ def _sweep(
 UsageKey = tuple[str, datetime, datetime]
 
 
+@collector_paused
 def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     """Fetch usage for the date's lines, one query batch per (resource, window) (§6)."""
     runtime = session.runtime
@@ -421,6 +425,7 @@ def _usage_groups(
 # --- chargebacks -----------------------------------------------------------------------
 
 
+@collector_paused
 def calculate_chargebacks(session: TenantSession, d: date) -> dict[str, Any]:
     """Allocate every billing line of ``d`` and commit the rows atomically (§7)."""
     db = session.db

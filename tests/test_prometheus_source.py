@@ -8,6 +8,7 @@ records every request byte for byte. httpx is not patched.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import pickle
@@ -29,7 +30,7 @@ from chargeback_pipeline.metrics import (
 )
 from chargeback_pipeline.metrics.cache import ResponseCache
 from chargeback_pipeline.metrics.parsing import inject_resource_filter
-from chargeback_pipeline.models import MetricQuery, MetricRow
+from chargeback_pipeline.models import MetricQuery, MetricRow, metric_row
 from tests.prometheus_stub import Received, Reply, StubPrometheus, matrix, running_stub, success
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
@@ -113,6 +114,14 @@ def test_bearer_auth_sends_the_token(stub: StubPrometheus) -> None:
     source = source_for(stub.url, auth_type="bearer", bearer_token=SecretStr("tok-123"))
     source.query([BYTES], DAY, NEXT, HOUR)
     assert stub.requests[0].headers["authorization"] == "Bearer tok-123"
+
+
+def test_answers_are_asked_uncompressed_unless_configured(stub: StubPrometheus) -> None:
+    source_for(stub.url).query([BYTES], DAY, NEXT, HOUR)
+    source_for(stub.url, compress_responses=True).query([BYTES], DAY, NEXT + HOUR, HOUR)
+    plain, compressed = stub.requests
+    assert plain.headers["accept-encoding"] == "identity"
+    assert "gzip" in compressed.headers["accept-encoding"]
 
 
 def test_no_queries_sends_nothing(stub: StubPrometheus) -> None:
@@ -254,6 +263,41 @@ def test_nan_and_infinities_are_skipped_and_garbage_points_warned(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert all("metrics query 'bytes': skipped an unparseable sample" in w for w in warnings)
+
+
+def test_series_with_equal_filtered_labels_merge_by_time_and_odd_points_follow_the_rules(
+    stub: StubPrometheus, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Points at an instant already seen take the fast path; garbage, a boolean timestamp
+    # and a numeric value there must still get the full rules (warn, warn, accept).
+    query = MetricQuery(key="bytes", query_expression="q", label_keys=("principal_id",))
+    stub.script(
+        matrix(
+            ({"principal_id": "sa-1", "kafka_id": "lkc-1"}, [(T0 + 3600, "2"), (T0, "1")]),
+            (
+                {"principal_id": "sa-1", "kafka_id": "lkc-2"},
+                [(T0, "bad"), (T0 + 3600, "NaN"), (True, "3"), (T0, 4)],  # type: ignore[list-item]
+            ),
+        )
+    )
+    with caplog.at_level(logging.WARNING):
+        rows = source_for(stub.url).query([query], DAY, NEXT, HOUR)["bytes"]
+    assert [(dict(r.labels), r.timestamp, r.value) for r in rows] == [
+        ({"principal_id": "sa-1"}, DAY, Decimal(1)),
+        ({"principal_id": "sa-1"}, DAY, Decimal(4)),
+        ({"principal_id": "sa-1"}, DAY + HOUR, Decimal(2)),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "'bad'" in warnings[0] and "True" in warnings[1]
+
+
+def test_metric_row_fast_constructor_builds_the_same_frozen_row() -> None:
+    fast = metric_row(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"})
+    assert type(fast) is MetricRow
+    assert fast == MetricRow(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"})
+    assert repr(fast) == repr(MetricRow(DAY, "bytes", Decimal("1.50"), {"principal_id": "sa-1"}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.value = Decimal(2)  # type: ignore[misc]
 
 
 def test_an_empty_result_gives_an_empty_list_for_every_query(stub: StubPrometheus) -> None:

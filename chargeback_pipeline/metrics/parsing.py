@@ -11,9 +11,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
+from types import MappingProxyType
 from typing import Any
 
-from chargeback_pipeline.models import MetricQuery, MetricRow, require_utc
+from chargeback_pipeline.models import MetricQuery, MetricRow, metric_row, require_utc
 
 log = logging.getLogger(__name__)
 
@@ -108,28 +110,68 @@ def parse_rows(
     result: QueryResult,
     window: tuple[datetime, datetime] | None,
 ) -> list[MetricRow]:
-    """Rows of one query, sorted by (labels, timestamp); ``window`` trims to ``[start, end)``."""
-    rows: list[MetricRow] = []
+    """Rows of one query, sorted by (labels, timestamp); ``window`` trims to ``[start, end)``.
+
+    A day of Kafka telemetry is tens of thousands of points in a few hundred series, so
+    the per-point work is kept small: a series' labels are filtered and sorted once and
+    shared by its rows as one read-only mapping (the form stored usage is read back in),
+    and each distinct instant is converted once. Rows are grouped by label set, the
+    groups ordered by their sorted labels and each group stably by timestamp — the same
+    order as one stable sort of every row by ``(sorted labels, timestamp)``.
+    """
     if isinstance(result, tuple):
         series_points: list[tuple[Mapping[str, Any], Sequence[Any]]] = [({}, [list(result)])]
     else:
         series_points = [
             (s.get("metric", {}), s["values"] if "values" in s else [s["value"]]) for s in result
         ]
+    instants: dict[Any, datetime] = {}
+    by_labels: dict[tuple[tuple[str, str], ...], tuple[Mapping[str, str], list[MetricRow]]] = {}
     for metric, points in series_points:
         labels = {k: str(metric[k]) for k in query.label_keys if k in metric}
+        label_key = tuple(sorted(labels.items()))
+        found = by_labels.get(label_key)
+        if found is None:
+            found = by_labels[label_key] = (MappingProxyType(labels), [])
+        shared, rows = found
         for point in points:
-            row = _parse_point(query, point, labels)
-            if row is None:
+            # Fast path for the usual ``[number, "text"]`` point at an instant already
+            # seen; anything else (a new instant, odd types, garbage) takes the full rules
+            # of ``_parse_point``, which give the same row for every point taken here.
+            try:
+                ts, raw = point
+                if type(raw) is not str or type(ts) is bool:
+                    raise _Unusual
+                value = Decimal(raw)
+                timestamp = instants[ts]
+            except (_Unusual, KeyError, TypeError, ValueError, ArithmeticError):
+                row = _parse_point(query, point, shared, instants)
+                if row is None:
+                    continue
+                value, timestamp = row.value, row.timestamp
+            if not value.is_finite():
                 continue
-            if window is not None and not (window[0] <= row.timestamp < window[1]):
+            if window is not None and not (window[0] <= timestamp < window[1]):
                 continue
-            rows.append(row)
-    rows.sort(key=lambda r: (tuple(sorted(r.labels.items())), r.timestamp))
-    return rows
+            rows.append(metric_row(timestamp, query.key, value, shared))
+    ordered: list[MetricRow] = []
+    for label_key in sorted(by_labels):
+        rows = by_labels[label_key][1]
+        rows.sort(key=_TIMESTAMP)
+        ordered.extend(rows)
+    return ordered
 
 
-def _parse_point(query: MetricQuery, point: Any, labels: dict[str, str]) -> MetricRow | None:
+_TIMESTAMP = attrgetter("timestamp")
+
+
+class _Unusual(Exception):
+    """A point that is not ``[number, "text"]``: parsed by the full rules instead."""
+
+
+def _parse_point(
+    query: MetricQuery, point: Any, labels: Mapping[str, str], instants: dict[Any, datetime]
+) -> MetricRow | None:
     try:
         ts, raw = point
         if isinstance(ts, bool) or isinstance(raw, bool):
@@ -140,7 +182,9 @@ def _parse_point(query: MetricQuery, point: Any, labels: dict[str, str]) -> Metr
         value = Decimal(text)
         if not value.is_finite():
             return None
-        timestamp = datetime.fromtimestamp(float(ts), UTC)
+        timestamp = instants.get(ts)
+        if timestamp is None:
+            timestamp = instants[ts] = datetime.fromtimestamp(float(ts), UTC)
     except (TypeError, ValueError, InvalidOperation, OverflowError, OSError) as exc:
         log.warning(
             "metrics query '%s': skipped an unparseable sample %.100r (%s)",
@@ -149,4 +193,4 @@ def _parse_point(query: MetricQuery, point: Any, labels: dict[str, str]) -> Metr
             type(exc).__name__,
         )
         return None
-    return MetricRow(timestamp=timestamp, metric_key=query.key, value=value, labels=dict(labels))
+    return MetricRow(timestamp, query.key, value, labels)

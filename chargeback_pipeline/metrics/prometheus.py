@@ -10,12 +10,13 @@ core's fallbacks always apply.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import httpx
@@ -90,10 +91,7 @@ class PrometheusSource:
                 return self._fetch(query, expression, instant_params, None)
             return self._fetch(query, expression, range_params, window)
 
-        with ThreadPoolExecutor(
-            max_workers=min(MAX_QUERIES_PER_CALL, len(queries)), thread_name_prefix="prometheus"
-        ) as pool:
-            futures = [(q, pool.submit(run, q)) for q in queries]
+        futures = zip(queries, _run_all(queries, run), strict=True)
         results: dict[str, list[MetricRow]] = {}
         failures: list[BaseException] = []
         for query, future in futures:
@@ -204,7 +202,8 @@ class PrometheusSource:
             if self._client is None:
                 conn = self._connection
                 auth: httpx.Auth | None = None
-                headers: dict[str, str] = {}
+                # httpx asks for gzip by default; see MetricsConnection.compress_responses.
+                headers: dict[str, str] = {} if conn.compress_responses else {"Accept-Encoding": "identity"}
                 if conn.auth_type == "basic" and conn.username and conn.password is not None:
                     password = conn.password.get_secret_value()
                     auth = httpx.BasicAuth(conn.username, password)
@@ -222,6 +221,34 @@ class PrometheusSource:
                     follow_redirects=False,
                 )
             return self._client
+
+
+def _run_all(
+    queries: Sequence[MetricQuery], run: Callable[[MetricQuery], list[MetricRow]]
+) -> list[Future[list[MetricRow]]]:
+    """Each query's outcome, in query order, with at most ``MAX_QUERIES_PER_CALL`` at once.
+
+    Up to that many queries all run at once: the calling thread runs the first itself
+    (it would only wait otherwise) and a pool the others, so a single query starts no
+    thread and two start one. Starting and joining a pool per call was a sixth of the
+    client's CPU over the 30-day benchmark (~3,200 calls of one or two queries).
+    """
+    if len(queries) > MAX_QUERIES_PER_CALL:
+        with ThreadPoolExecutor(max_workers=MAX_QUERIES_PER_CALL, thread_name_prefix="prometheus") as pool:
+            return [pool.submit(run, q) for q in queries]
+    first: Future[list[MetricRow]] = Future()
+    rest: list[Future[list[MetricRow]]] = []
+    with contextlib.ExitStack() as stack:
+        if len(queries) > 1:
+            pool = stack.enter_context(
+                ThreadPoolExecutor(max_workers=len(queries) - 1, thread_name_prefix="prometheus")
+            )
+            rest = [pool.submit(run, q) for q in queries[1:]]
+        try:
+            first.set_result(run(queries[0]))
+        except Exception as exc:
+            first.set_exception(exc)
+    return [first, *rest]
 
 
 def _redact_secrets(text: str, secrets: Sequence[str]) -> str:

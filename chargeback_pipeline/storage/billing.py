@@ -11,8 +11,9 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -21,6 +22,7 @@ from chargeback_pipeline.models import ZERO, BillingLineItem, q4
 from chargeback_pipeline.storage.codec import (
     dump_json,
     frame,
+    from_epoch_us,
     insert_frame,
     load_json,
     money_in,
@@ -63,12 +65,23 @@ def format_key(key: BillingKey) -> str:
     return "/".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in key)
 
 
-def line_key(line: BillingLineItem, extra: Sequence[str]) -> BillingKey:
-    """Natural key of a line in stored form (UTC whole seconds, extra fields as strings)."""
+def line_key(
+    line: BillingLineItem, extra: Sequence[str], stamps: dict[datetime, datetime] | None = None
+) -> BillingKey:
+    """Natural key of a line in stored form (UTC whole seconds, extra fields as strings).
+
+    ``stamps`` caches normalised timestamps across the lines of one call (equal instants
+    normalise identically).
+    """
+    stamp = None if stamps is None else stamps.get(line.timestamp)
+    if stamp is None:
+        stamp = utc_seconds(line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp")
+        if stamps is not None:
+            stamps[line.timestamp] = stamp
     return (
         line.ecosystem,
         line.tenant_id,
-        utc_seconds(line.timestamp, f"billing line {line.resource_id}/{line.product_type} timestamp"),
+        stamp,
         line.resource_id,
         line.product_type,
         line.product_category,
@@ -80,25 +93,42 @@ def normalise_lines(
     d: date, lines: Iterable[BillingLineItem], extra: Sequence[str], factory: LineFactory
 ) -> list[BillingLineItem]:
     """Apply domain-model §1 to one date's lines; the result is in natural-key order."""
+    return [line for _, line in _normalise(d, lines, extra, factory)]
+
+
+def _normalise(
+    d: date, lines: Iterable[BillingLineItem], extra: Sequence[str], factory: LineFactory
+) -> list[tuple[BillingKey, BillingLineItem]]:
+    """``normalise_lines`` with each merged line's stored key (computed once, reused by the insert)."""
     groups: dict[BillingKey, list[BillingLineItem]] = {}
+    # A date's lines share a timestamp or a few: each distinct one is normalised once.
+    stamps: dict[datetime, datetime] = {}
     for line in lines:
-        key = line_key(line, extra)
+        key = line_key(line, extra, stamps)
         if key[2].date() != d:
             raise ValueError(
                 f"billing line {format_key(key)} is dated {key[2].date()}, not the stored date {d}"
             )
         groups.setdefault(key, []).append(line)
-    return [_merge(key, group, extra, factory) for key, group in sorted(groups.items())]
+    return [(key, _merge(key, group, extra, factory)) for key, group in sorted(groups.items())]
+
+
+def _metadata_name(key: BillingKey) -> str:
+    return f"metadata of billing line {format_key(key)}"
+
+
+def _money(value: Any, key: BillingKey, name: str) -> Decimal:
+    """``money_in`` naming the line, with the name built only when the value is refused."""
+    return value if type(value) is Decimal else money_in(value, f"billing line {format_key(key)} {name}")
 
 
 def _merge(
     key: BillingKey, group: list[BillingLineItem], extra: Sequence[str], factory: LineFactory
 ) -> BillingLineItem:
-    where = f"billing line {format_key(key)}"
     first = group[0]
-    raw_total = sum((money_in(x.total_cost, f"{where} total_cost") for x in group), ZERO)
-    quantity = sum((money_in(x.quantity, f"{where} quantity") for x in group), ZERO)
-    prices = [money_in(x.unit_price, f"{where} unit_price") for x in group]
+    raw_total = sum((_money(x.total_cost, key, "total_cost") for x in group), ZERO)
+    quantity = sum((_money(x.quantity, key, "quantity") for x in group), ZERO)
+    prices = [_money(x.unit_price, key, "unit_price") for x in group]
     unit_price = prices[0] if all(p == prices[0] for p in prices) else Decimal(0)
     metadata = dict(first.metadata)
     if len(group) > 1:
@@ -142,21 +172,22 @@ class BillingRepository:
         must never erase billing); ``kept_existing`` then says how many lines were kept.
         """
         require_date(d, "billing date")
-        normalised = normalise_lines(d, lines, self.extra_key_fields, self._factory)
+        normalised = _normalise(d, lines, self.extra_key_fields, self._factory)
         if not normalised:
             return BillingReplaceResult(d, stored=0, kept_existing=self.count(d))
         with atomic(self._conn):
             old = self._totals(d)
             self._conn.execute("DELETE FROM billing_lines WHERE billing_date = ?", [d])
             self._insert(d, normalised)
-        new = {line_key(x, self.extra_key_fields): x.total_cost for x in normalised}
+        new = {key: x.total_cost for key, x in normalised}
         common = sorted(old.keys() & new.keys())
         revised = [BillingRevision(k, old[k], new[k]) for k in common if old[k] != new[k]]
         return BillingReplaceResult(d, len(normalised), sorted(old.keys() - new.keys()), revised)
 
-    def _insert(self, d: date, lines: Sequence[BillingLineItem]) -> None:
+    def _insert(self, d: date, keyed: Sequence[tuple[BillingKey, BillingLineItem]]) -> None:
         extra = self.extra_key_fields
-        keys = [line_key(x, extra) for x in lines]
+        keys = [key for key, _ in keyed]
+        lines = [line for _, line in keyed]
         columns: dict[str, Any] = {name: [k[i] for k in keys] for i, name in enumerate(BILLING_KEY)}
         columns["timestamp"] = [k[2].isoformat() for k in keys]
         columns.update({name: [k[len(BILLING_KEY) + i] for k in keys] for i, name in enumerate(extra)})
@@ -165,10 +196,7 @@ class BillingRepository:
         columns["total_cost"] = [str(x.total_cost) for x in lines]
         columns["currency"] = [x.currency for x in lines]
         columns["granularity"] = [x.granularity for x in lines]
-        columns["metadata"] = [
-            dump_json(x.metadata, f"metadata of billing line {format_key(k)}")
-            for x, k in zip(lines, keys, strict=True)
-        ]
+        columns["metadata"] = [dump_json(x.metadata, partial(_metadata_name, k)) for k, x in keyed]
         casts = {
             "timestamp": 'CAST("timestamp" AS TIMESTAMPTZ)',
             "total_cost": "CAST(total_cost AS DECIMAL(38,4))",
@@ -225,14 +253,34 @@ class BillingRepository:
 
     def fingerprint(self, d: date) -> str:
         """SHA-256 over the stored lines (key, quantity, unit price, total) to detect revisions."""
+        key_cols = quoted(name for name in (*BILLING_KEY, *self.extra_key_fields) if name != "timestamp")
         rows = self._conn.execute(
-            f"SELECT {self._key_cols}, quantity, unit_price, CAST(total_cost AS VARCHAR) "
+            f'SELECT epoch_us("timestamp"), {key_cols}, quantity, unit_price, CAST(total_cost AS VARCHAR) '
             f"FROM billing_lines WHERE billing_date = ? ORDER BY {self._key_cols}",
             [d],
         ).fetchall()
         digest = hashlib.sha256()
-        for row in rows:
-            values = [v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v for v in row]
-            digest.update(json.dumps(values, ensure_ascii=False).encode("utf-8"))
+        encode = _FINGERPRINT_ENCODER.encode
+        instants: dict[int, str] = {}
+        for us, *rest in rows:
+            stamp = instants.get(us)
+            if stamp is None:
+                stamp = instants[us] = from_epoch_us(us).isoformat()
+            # The key in stored column order, the timestamp as UTC ISO text.
+            digest.update(encode([*rest[:2], stamp, *rest[2:]]).encode("utf-8"))
             digest.update(b"\n")
         return digest.hexdigest()
+
+    def date_summary(self, d: date) -> tuple[int, Decimal]:
+        """Number of stored lines of ``d`` and their total (exact)."""
+        require_date(d, "billing date")
+        row = self._conn.execute(
+            "SELECT count(*), coalesce(sum(total_cost), CAST(0 AS DECIMAL(38,4))) "
+            "FROM billing_lines WHERE billing_date = ?",
+            [d],
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), row[1]
+
+
+_FINGERPRINT_ENCODER = json.JSONEncoder(ensure_ascii=False)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from itertools import repeat
 from operator import attrgetter, ne
 from typing import Any, Literal
 
@@ -206,41 +207,47 @@ class ChargebackRepository:
         require_date(d, "billing date")
         names = (*_STRING_KEY, *self.extra_key_fields)
         with gc_paused():
-            rows = self._conn.execute(
-                f'SELECT epoch_us("timestamp"), {quoted(names)}, CAST(amount AS VARCHAR) '
+            columns = self._conn.execute(
+                f'SELECT epoch_us("timestamp") AS ts_us, {quoted(names)}, CAST(amount AS VARCHAR) AS amount '
                 f"FROM chargebacks WHERE billing_date = ? ORDER BY {self._order}",
                 [d],
-            ).fetchall()
-            return self._rows(rows)
+            ).fetchnumpy()
+            return self._rows({name: values.tolist() for name, values in columns.items()})
 
-    def _rows(self, rows: list[tuple[Any, ...]]) -> list[ChargebackRow]:
-        ts_cache: dict[int, datetime] = {}
+    def _rows(self, columns: dict[str, list[Any]]) -> list[ChargebackRow]:
+        """``ChargebackRow``s built column-wise: each distinct timestamp and cost type is
+        converted once, and the per-row work is left to ``map`` (a day is ~10^4–10^6 rows)."""
+        count = len(columns["ts_us"])
+        instants = {us: from_epoch_us(us) for us in set(columns["ts_us"])}
         cost_types = {str(c): c for c in CostType}
         extra = self.extra_key_fields
-        out: list[ChargebackRow] = []
-        append = out.append
-        for r in rows:
-            ts = ts_cache.get(r[0])
-            if ts is None:
-                ts = ts_cache[r[0]] = from_epoch_us(r[0])
-            append(
-                ChargebackRow(
-                    r[1],  # ecosystem
-                    r[2],  # tenant_id
-                    ts,
-                    r[3] or None,  # resource_id
-                    r[4],  # product_category
-                    r[5],  # product_type
-                    r[6],  # identity_id
-                    cost_types[r[7]],
-                    Decimal(r[-1]),  # exact text of DECIMAL(38,4): always 4 decimal places
-                    r[8] or None,  # allocation_method
-                    r[9] or None,  # allocation_detail
-                    dict(zip(extra, r[10:-1], strict=True)) if extra else {},
-                    {},
-                )
+        dimensions: Any = (
+            [
+                dict(zip(extra, values, strict=True))
+                for values in zip(*(columns[name] for name in extra), strict=True)
+            ]
+            if extra
+            else map(dict, repeat((), count))
+        )
+        return list(
+            map(
+                ChargebackRow,
+                columns["ecosystem"],
+                columns["tenant_id"],
+                map(instants.__getitem__, columns["ts_us"]),
+                [value or None for value in columns["resource_id"]],
+                columns["product_category"],
+                columns["product_type"],
+                columns["identity_id"],
+                map(cost_types.__getitem__, columns["cost_type"]),
+                # The exact text of DECIMAL(38,4): always 4 decimal places.
+                map(Decimal, columns["amount"]),
+                [value or None for value in columns["allocation_method"]],
+                [value or None for value in columns["allocation_detail"]],
+                dimensions,
+                map(dict, repeat((), count)),
             )
-        return out
+        )
 
     def dates(self) -> list[date]:
         rows = self._conn.execute("SELECT DISTINCT billing_date FROM chargebacks ORDER BY 1").fetchall()

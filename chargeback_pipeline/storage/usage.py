@@ -10,19 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
 
-from chargeback_pipeline.models import MetricRow, require_utc
+from chargeback_pipeline.errors import StorageError
+from chargeback_pipeline.models import MetricRow, metric_row, require_utc
 from chargeback_pipeline.storage.codec import (
     EPOCH_US_TO_TIMESTAMPTZ_SQL,
     dump_json,
     epoch_us,
     frame,
     from_epoch_us,
+    gc_paused,
     insert_frame,
     load_json,
     require_date,
@@ -104,26 +107,36 @@ class UsageMetricsRepository:
 
     @staticmethod
     def _rows_frame(groups: Mapping[UsageKey, UsageGroupData]) -> Any:
-        """Column lists of every metric row; per-group values are computed once per group.
+        """Column lists of every metric row, built a whole series list at a time.
 
-        A day holds tens of thousands of points, so the per-row work is kept to appends:
-        a series' label set repeats on every point and is encoded once, timestamps are
-        converted once per distinct instant.
+        A day holds tens of thousands of points, so nothing is done per row in Python
+        beyond what ``map`` does in C: values are type-checked per distinct type, each
+        distinct instant is checked and converted once, and each distinct label mapping
+        (rows of one series share one) is encoded once.
         """
         cols: dict[str, list[Any]] = {name: [] for name in _ROW_COLUMNS}
-        label_json: dict[tuple[tuple[str, str], ...], str] = {}
         instants: dict[datetime, int] = {}
+        encoder = _LabelEncoder()
         for key, group in groups.items():
             resource_id, ws, we = key[0], epoch_us(key[1]), epoch_us(key[2])
             for metric_key, metric_rows in (group.rows or {}).items():
                 count = len(metric_rows)
+                if not count:
+                    continue
+                values = list(map(_VALUE, metric_rows))
+                _check_values(values, key, metric_key)
+                stamps = list(map(_TIMESTAMP, metric_rows))
+                for stamp in set(stamps).difference(instants):
+                    instants[stamp] = epoch_us(require_utc(stamp, f"usage metric {metric_key} timestamp"))
                 cols["resource_id"].extend([resource_id] * count)
                 cols["ws"].extend([ws] * count)
                 cols["we"].extend([we] * count)
                 cols["metric_key"].extend([metric_key] * count)
                 cols["row_no"].extend(range(count))
-                for row in metric_rows:
-                    _append_row(cols, key, metric_key, row, label_json, instants)
+                cols["row_metric_key"].extend(map(_METRIC_KEY, metric_rows))
+                cols["ts"].extend(map(instants.__getitem__, stamps))
+                cols["value"].extend(map(str, values))
+                cols["labels"].extend(encoder.encode(list(map(_LABELS, metric_rows)), metric_key))
         data: dict[str, Any] = dict(cols)
         for name in ("ws", "we", "ts"):
             data[name] = np.array(cols[name], dtype=np.int64)
@@ -152,69 +165,91 @@ class UsageMetricsRepository:
             names = load_json(keys)
             rows: dict[str, list[MetricRow]] | None = None if names is None else {name: [] for name in names}
             groups[(resource_id, ws.astimezone(UTC), we.astimezone(UTC))] = UsageGroupData(rows, bool(failed))
-        self._load_rows(d, groups)
+        with gc_paused():
+            self._load_rows(d, groups)
         return groups
 
     def _load_rows(self, d: date, groups: dict[UsageKey, UsageGroupData]) -> None:
-        """Attach the date's rows to their groups; rows arrive ordered by group, key and row number."""
-        instants: dict[int, datetime] = {}
-        # Rows of one series share one read-only labels mapping, decoded once.
-        label_cache: dict[str, Mapping[str, str]] = {}
-        current: tuple[str, int, int] | None = None
-        rows: dict[str, list[MetricRow]] | None = None
-        for resource_id, ws, we, metric_key, row_metric_key, t, value, labels in self._conn.execute(
-            "SELECT resource_id, epoch_us(window_start), epoch_us(window_end), metric_key, row_metric_key, "
-            'epoch_us("timestamp"), value, labels FROM usage_metrics WHERE billing_date = ? '
-            "ORDER BY resource_id, window_start, window_end, metric_key, row_no",
+        """Attach the date's rows to their groups, a (group, metric key) segment at a time.
+
+        Two ordered reads: the segments with their row counts, then the per-row columns
+        only, converted column-wise (each distinct instant and label text once; rows of
+        one series share one read-only labels mapping), so a day of tens of thousands of
+        points costs little more than building its ``MetricRow``s.
+        """
+        segments = self._conn.execute(
+            "SELECT resource_id, epoch_us(window_start), epoch_us(window_end), metric_key, count(*) "
+            "FROM usage_metrics WHERE billing_date = ? GROUP BY ALL ORDER BY 1, 2, 3, 4",
             [d],
-        ).fetchall():
-            if current != (resource_id, ws, we):
-                current = (resource_id, ws, we)
-                group = groups.get((resource_id, from_epoch_us(ws), from_epoch_us(we)))
-                rows = None if group is None else group.rows
-            if rows is None:
+        ).fetchall()
+        if not segments:
+            return
+        columns = self._conn.execute(
+            'SELECT row_metric_key, epoch_us("timestamp") AS ts, value, labels FROM usage_metrics '
+            "WHERE billing_date = ? ORDER BY resource_id, window_start, window_end, metric_key, row_no",
+            [d],
+        ).fetchnumpy()
+        metric_keys, stamps, values, labels = (
+            columns[name].tolist() for name in ("row_metric_key", "ts", "value", "labels")
+        )
+        if len(stamps) != sum(segment[4] for segment in segments):
+            raise StorageError(f"usage metrics of {d} changed while they were read")
+        instants = {t: from_epoch_us(t) for t in set(stamps)}
+        mappings = {text: MappingProxyType(load_json(text) or {}) for text in set(labels)}
+        at = 0
+        for resource_id, ws, we, metric_key, count in segments:
+            lo, at = at, at + count
+            group = groups.get((resource_id, from_epoch_us(ws), from_epoch_us(we)))
+            if group is None or group.rows is None:
                 continue
-            at = instants.get(t)
-            if at is None:
-                at = instants[t] = from_epoch_us(t)
-            mapping = label_cache.get(labels)
-            if mapping is None:
-                mapping = label_cache[labels] = MappingProxyType(load_json(labels) or {})
-            found = rows.get(metric_key)
-            if found is None:
-                found = rows[metric_key] = []
-            found.append(MetricRow(at, row_metric_key, Decimal(value), mapping))
+            group.rows.setdefault(metric_key, []).extend(
+                map(
+                    metric_row,
+                    map(instants.__getitem__, stamps[lo:at]),
+                    metric_keys[lo:at],
+                    map(Decimal, values[lo:at]),
+                    map(mappings.__getitem__, labels[lo:at]),
+                )
+            )
 
 
 def _metric_keys(group: UsageGroupData) -> str | None:
     return None if group.rows is None else dump_json(list(group.rows), "metric keys")
 
 
-def _append_row(
-    cols: dict[str, list[Any]],
-    key: UsageKey,
-    metric_key: str,
-    row: MetricRow,
-    label_json: dict[tuple[tuple[str, str], ...], str],
-    instants: dict[datetime, int],
-) -> None:
-    """The per-point columns of one row (the group's columns are filled by the caller)."""
-    value = row.value
-    if isinstance(value, float) or not isinstance(value, Decimal | int):
-        raise TypeError(
-            f"usage metric {metric_key} of {key[0]}: value must be a Decimal, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    cols["row_metric_key"].append(row.metric_key)
-    at = instants.get(row.timestamp)
-    if at is None:
-        at = instants[row.timestamp] = epoch_us(
-            require_utc(row.timestamp, f"usage metric {metric_key} timestamp")
-        )
-    cols["ts"].append(at)
-    cols["value"].append(str(value))
-    items = tuple(row.labels.items())
-    encoded = label_json.get(items)
-    if encoded is None:
-        encoded = label_json[items] = dump_json(dict(items), f"labels of usage metric {metric_key}")
-    cols["labels"].append(encoded)
+_VALUE = attrgetter("value")
+_TIMESTAMP = attrgetter("timestamp")
+_METRIC_KEY = attrgetter("metric_key")
+_LABELS = attrgetter("labels")
+
+
+def _check_values(values: list[Any], key: UsageKey, metric_key: str) -> None:
+    """Values are stored as exact text: ``Decimal`` or ``int`` only, never ``float``."""
+    for kind in set(map(type, values)):
+        if issubclass(kind, float) or not issubclass(kind, Decimal | int):
+            value = next(v for v in values if type(v) is kind)
+            raise TypeError(
+                f"usage metric {metric_key} of {key[0]}: value must be a Decimal, "
+                f"got {kind.__name__} {value!r}"
+            )
+
+
+class _LabelEncoder:
+    """JSON text of label mappings, encoded once per distinct mapping object and content."""
+
+    def __init__(self) -> None:
+        self._by_content: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def encode(self, mappings: list[Mapping[str, str]], metric_key: str) -> list[str]:
+        # Keyed by id() only within this call, while ``mappings`` keeps every object alive.
+        ids = list(map(id, mappings))
+        by_id: dict[int, str] = {}
+        for key, mapping in dict(zip(ids, mappings, strict=True)).items():
+            items = tuple(mapping.items())
+            text = self._by_content.get(items)
+            if text is None:
+                text = self._by_content[items] = dump_json(
+                    dict(items), f"labels of usage metric {metric_key}"
+                )
+            by_id[key] = text
+        return list(map(by_id.__getitem__, ids))
