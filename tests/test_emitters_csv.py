@@ -529,3 +529,46 @@ def test_a_data_tool_reads_numbers_as_numbers_and_formulas_as_text(tmp_path: Pat
         if col != "amount"
         for cell in raw[col]
     )
+
+
+def test_fast_writer_matches_the_row_by_row_definition() -> None:
+    """write_csv caches cells and joins lines itself; it must equal csv.writer over
+    csv_record in csv_sort_key order, for awkward text, zones, None keys and -0."""
+    import csv
+    import io
+    from datetime import timedelta, timezone
+
+    from chargeback_pipeline.emitters.csv_emitter import csv_header, csv_record, csv_sort_key
+
+    rnd = random.Random(7)
+    pieces = ["a", "b,c", 'q"t', "=SUM(A1)", "+1", "-x", "@y", "\tz", "\rw", "line\nbreak", "", " sp ", "é€"]
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5))]
+
+    def text() -> str:
+        return "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 3)))
+
+    for _ in range(200):
+        rows = [
+            ChargebackRow(
+                "eco",
+                "t1",
+                datetime(2026, 3, rnd.randint(1, 3), rnd.randint(0, 23), tzinfo=rnd.choice(zones)),
+                rnd.choice([None, text()]),
+                text(),
+                text(),
+                text() or "id",
+                rnd.choice(list(CostType)),
+                Decimal(rnd.choice(["0", "-0.0000", "1.5", "-2.25", "123456789.1234", "0.0001"])),
+                rnd.choice([None, text()]),
+                rnd.choice([None, text()]),
+                {"env_id": text()} if rnd.random() < 0.8 else {},
+                {},
+            )
+            for _ in range(rnd.randint(0, 30))
+        ]
+        expected = io.StringIO(newline="")
+        writer = csv.writer(expected, delimiter=",", quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+        writer.writerow(csv_header(("env_id",)))
+        for row in sorted(rows, key=lambda r: csv_sort_key(r, ("env_id",))):
+            writer.writerow(csv_record(row, ("env_id",)))
+        assert render_csv(rows, ("env_id",)) == expected.getvalue()

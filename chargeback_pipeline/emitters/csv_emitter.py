@@ -121,11 +121,14 @@ def csv_record(row: ChargebackRow, extra_key_fields: Sequence[str] = ()) -> list
 
 def write_csv(stream: IO[str], rows: Iterable[ChargebackRow], extra_key_fields: Sequence[str] = ()) -> int:
     """Write header and sorted rows to ``stream``; return the number of data rows."""
-    writer = csv.writer(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer = csv.writer(stream, **_DIALECT)
     writer.writerow(csv_header(extra_key_fields))
     ordered = _csv_order(list(rows), extra_key_fields)
-    writer.writerows(map(_Cells(ordered, extra_key_fields).record, ordered))
+    stream.writelines(map(_Cells(ordered, extra_key_fields).line, ordered))
     return len(ordered)
+
+
+_DIALECT: dict[str, Any] = {"delimiter": ",", "quoting": csv.QUOTE_MINIMAL, "lineterminator": "\r\n"}
 
 
 def _csv_order(rows: list[ChargebackRow], extra_key_fields: Sequence[str]) -> list[ChargebackRow]:
@@ -162,24 +165,55 @@ def _csv_order(rows: list[ChargebackRow], extra_key_fields: Sequence[str]) -> li
 _TIMESTAMP = attrgetter("timestamp")
 
 
+class _Encoded(dict[str, str]):
+    """Each distinct cell as ``csv.writer`` writes it (quoted and escaped if needed).
+
+    With minimal quoting a field's encoding does not depend on the other fields of its
+    row (except a row of one empty field, which never occurs here), so a line is the
+    join of its encoded cells; ``csv.writer`` itself encodes each distinct value once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = io.StringIO(newline="")
+        self._writer = csv.writer(self._buffer, **_DIALECT)
+
+    def __missing__(self, cell: str) -> str:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow([cell, ""])
+        encoded = self[cell] = self._buffer.getvalue()[: -len(",\r\n")]
+        return encoded
+
+
 class _TextCells(dict[str, str]):
-    """Formula-neutralised text per distinct value: a day's cells repeat a few thousand strings."""
+    """Formula-neutralised, encoded text per distinct value: a day's cells repeat a few
+    thousand strings."""
+
+    def __init__(self, encoded: _Encoded) -> None:
+        super().__init__()
+        self._encoded = encoded
 
     def __missing__(self, text: str) -> str:
-        cell = self[text] = neutralise_formula(text)
+        cell = self[text] = self._encoded[neutralise_formula(text)]
         return cell
 
 
 class _Amounts(dict[Decimal, str]):
     """``format_amount`` per distinct value (equal amounts are written identically)."""
 
+    def __init__(self, encoded: _Encoded) -> None:
+        super().__init__()
+        self._encoded = encoded
+
     def __missing__(self, amount: Decimal) -> str:
-        cell = self[amount] = format_amount(amount)
+        cell = self[amount] = self._encoded[format_amount(amount)]
         return cell
 
 
 class _Cells:
-    """``csv_record`` with each distinct text, timestamp and amount formatted once.
+    """The CSV line of a row: ``csv_record`` with each distinct text, timestamp and amount
+    formatted and encoded once.
 
     A row that does not take the fast path (a value of an unexpected type, say) is
     formatted by ``csv_record`` itself, so the cells and any error are exactly its.
@@ -187,24 +221,28 @@ class _Cells:
 
     def __init__(self, rows: Sequence[ChargebackRow], extra_key_fields: Sequence[str]) -> None:
         self.extra = tuple(extra_key_fields)
-        self.text = _TextCells()
+        self.encoded = _Encoded()
+        self.text = _TextCells(self.encoded)
         # Amounts are cached only when all are Decimal: a float equal to a cached
         # Decimal must still be refused by format_amount.
+        amounts = _Amounts(self.encoded)
         self.amounts: Callable[[Decimal], str] = (
-            _Amounts().__getitem__ if {type(r.amount) for r in rows} <= {Decimal} else format_amount
+            amounts.__getitem__
+            if {type(r.amount) for r in rows} <= {Decimal}
+            else lambda amount: self.encoded[format_amount(amount)]
         )
         self.stamps = {
-            stamp: require_utc(stamp, "chargeback row timestamp")
-            .astimezone(UTC)
-            .isoformat(timespec="seconds")
+            stamp: self.encoded[
+                require_utc(stamp, "chargeback row timestamp").astimezone(UTC).isoformat(timespec="seconds")
+            ]
             for stamp in dict.fromkeys(map(_TIMESTAMP, rows))
         }
 
-    def record(self, row: ChargebackRow) -> list[str]:
+    def line(self, row: ChargebackRow) -> str:
         text = self.text
         try:
             dims = row.dimensions
-            return [
+            cells = [
                 text[row.ecosystem],
                 text[row.tenant_id],
                 self.stamps[row.timestamp],
@@ -219,7 +257,8 @@ class _Cells:
                 *[text[dims.get(name) or ""] for name in self.extra],
             ]
         except Exception:
-            return _record_or_explain(row, self.extra)
+            cells = [self.encoded[cell] for cell in _record_or_explain(row, self.extra)]
+        return ",".join(cells) + "\r\n"
 
 
 def _record_or_explain(row: ChargebackRow, extra_key_fields: Sequence[str]) -> list[str]:

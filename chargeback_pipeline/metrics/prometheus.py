@@ -35,6 +35,7 @@ from chargeback_pipeline.metrics.parsing import (
     step_seconds,
 )
 from chargeback_pipeline.models import MetricQuery, MetricRow
+from chargeback_pipeline.tls import default_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class PrometheusSource:
                     timeout=httpx.Timeout(self._timeout),
                     limits=httpx.Limits(max_connections=MAX_REQUESTS_IN_FLIGHT),
                     follow_redirects=False,
+                    verify=default_tls_context(),
                 )
             return self._client
 

@@ -31,7 +31,9 @@ IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Converts stored int64 ten-thousandths into DECIMAL(38,4) without passing through a float.
 UNITS_TO_DECIMAL_SQL = "CAST(CAST({col} AS DECIMAL(38,0)) * CAST(0.0001 AS DECIMAL(38,4)) AS DECIMAL(38,4))"
-EPOCH_US_TO_TIMESTAMPTZ_SQL = "(make_timestamp(CAST({col} AS BIGINT)) AT TIME ZONE 'UTC')"
+# The instant ``{col}`` microseconds after the epoch. (``make_timestamp(x) AT TIME ZONE
+# 'UTC'`` gives the same values through a time-zone conversion per row, 7x slower.)
+EPOCH_US_TO_TIMESTAMPTZ_SQL = "make_timestamptz(CAST({col} AS BIGINT))"
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from chargeback_pipeline.tls import default_tls_context
 from chargeback_plugins.confluent_cloud.errors import CCloudApiError, CCloudConnectionError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class CCloudClient:
             transport=transport,
             headers={"Accept": "application/json"},
             follow_redirects=False,
+            verify=default_tls_context(),
         )
 
     def __repr__(self) -> str:
