@@ -27,6 +27,20 @@ EXAMPLE_PLUGINS = REPO / "examples" / "plugins"
 FROZEN_NOW = "2026-03-09T06:00:00Z"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="run only the slow suite (tests marked slow)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow suite and the fast suite are disjoint: deselect, never skip."""
+    want_slow = bool(config.getoption("--slow"))
+    keep = [item for item in items if (item.get_closest_marker("slow") is not None) == want_slow]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("CHARGEBACK_NOW", FROZEN_NOW)

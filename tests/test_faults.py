@@ -85,6 +85,7 @@ KILL_INSIDE_COMMIT = """
 """
 
 
+@pytest.mark.outcome("killed-during-commit")
 def test_a_run_killed_inside_the_commit_leaves_the_partition_as_it_was(
     demo_config: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -131,6 +132,7 @@ OVERLAPPING_RUN = """
 WAITING = "waiting for another run of this tenant to release"
 
 
+@pytest.mark.outcome("overlapping-runs-one-tenant")
 def test_a_run_waits_for_another_run_of_its_tenant_instead_of_failing(
     demo_config: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -194,6 +196,7 @@ def failures(result: dg.ExecuteInProcessResult) -> dict[str, str]:
     return {e.step_key or "": str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure}
 
 
+@pytest.mark.outcome("plugin-raises-in-initialize")
 def test_a_tenant_that_cannot_initialise_fails_only_its_own_runs(
     tmp_path: Path, frozen_clock: str, instance: dg.DagsterInstance
 ) -> None:
@@ -213,6 +216,7 @@ def test_a_tenant_that_cannot_initialise_fails_only_its_own_runs(
     assert len(charged) == 7
 
 
+@pytest.mark.outcome("plugin-raises-in-initialize")
 def test_a_run_spanning_both_tenants_names_only_the_failing_one(
     tmp_path: Path, frozen_clock: str, instance: dg.DagsterInstance
 ) -> None:

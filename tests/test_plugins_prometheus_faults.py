@@ -83,6 +83,7 @@ def rows_of(rows: list[ChargebackRow], product_type: str) -> list[tuple[str, Dec
     ]
 
 
+@pytest.mark.outcome("prometheus-down")
 def test_stopped_prometheus_fails_the_partition_and_keeps_stored_rows(
     tmp_path: Path, sample_prometheus: PrometheusServer, instance: dg.DagsterInstance
 ) -> None:
@@ -111,6 +112,7 @@ def test_stopped_prometheus_fails_the_partition_and_keeps_stored_rows(
         server.stop()
 
 
+@pytest.mark.outcome("prometheus-down")
 def test_unreachable_prometheus_is_a_clear_failure_with_nothing_stored(
     tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -128,6 +130,7 @@ def test_unreachable_prometheus_is_a_clear_failure_with_nothing_stored(
     assert stored(config, "generic_metrics_only") == ([], [])
 
 
+@pytest.mark.outcome("prometheus-bad-query")
 def test_invalid_promql_names_the_query_and_prometheus_error(
     tmp_path: Path, sample_prometheus: PrometheusServer, instance: dg.DagsterInstance
 ) -> None:
