@@ -85,6 +85,9 @@ def test_lineage_in_chromium_and_a_backfill_through_graphql(demo_config: Path, t
         runs = first["runs"]
         assert sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "tenant") == TENANTS
         assert {r["status"] for r in runs} == {"SUCCESS"}
+        # ... and with the tenant's run timeout (tenant_execution_timeout_seconds, default 3600).
+        timeouts = [t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/max_runtime"]
+        assert timeouts == ["3600"] * len(TENANTS)
         starts = {
             t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/asset_partition_range_start"
         }

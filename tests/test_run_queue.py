@@ -12,7 +12,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from chargeback_pipeline.run_queue import TENANT_RUN_TAG, TenantQueuedRunCoordinator, derived_tenant_tags
+from chargeback_pipeline.run_queue import (
+    TENANT_RUN_TAG,
+    TenantQueuedRunCoordinator,
+    derived_tenant_tags,
+    max_runtime_tag,
+)
 from tests.conftest import REPO
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -89,3 +94,32 @@ def test_queue_limits_follow_the_chargeback_configuration(
     later = time.time() + 5  # make the change visible even on coarse mtime clocks
     os.utime(demo_config, (later, later))
     assert limits()[TENANT_RUN_TAG] == 3
+
+
+TIMEOUTS = {"acme": 600, "globex": 900, "initech": 0, "umbrella": 300}
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"tenant": "acme"}, {"dagster/max_runtime": "600"}),
+        # A run over several tenants processes them one after the other.
+        ({"chargeback/tenants": "acme..globex"}, {"dagster/max_runtime": "1500"}),
+        # A tenant without a limit (0) makes the whole run unlimited.
+        ({"chargeback/tenants": "globex..umbrella"}, {}),
+        ({"tenant": "initech"}, {}),
+        # The launcher's own limit wins; unknown tenants and non-tenant runs get none.
+        ({"tenant": "acme", "dagster/max_runtime": "5"}, {}),
+        ({"tenant": "hooli"}, {}),
+        ({}, {}),
+    ],
+)
+def test_max_runtime_follows_the_tenant_execution_timeout(
+    tags: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert max_runtime_tag(tags, TIMEOUTS) == expected
+
+
+def test_the_repository_instance_enables_run_monitoring() -> None:
+    settings = yaml.safe_load((REPO / "dagster.yaml").read_text(encoding="utf-8"))
+    assert settings["run_monitoring"]["enabled"] is True
