@@ -13,7 +13,7 @@ goes to the id the vendor reported, e.g. a deleted service account that still ow
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,75 +60,84 @@ def sentinel(tenant_id: str, identity_id: str, identity_type: str, display_name:
 
 def gather_identities(client: CCloudClient, tenant_id: str) -> Iterator[Identity]:
     """Service accounts, users, API keys, identity providers and, per provider, its pools."""
-    for item in client.list("/iam/v2/service-accounts", page_size=99):
+    yield from _identities(
+        client.list("/iam/v2/service-accounts", page_size=99),
+        tenant_id,
+        SERVICE_ACCOUNT,
+        "service account",
+        lambda item: text(item, "display_name"),
+        lambda item: {"description": get(item, "description")},
+    )
+    yield from _identities(
+        client.list("/iam/v2/users", page_size=99),
+        tenant_id,
+        USER,
+        "user",
+        lambda item: text(item, "full_name"),
+        lambda item: {"crn": get(item, "metadata", "resource_name")},
+    )
+    yield from _identities(
+        client.list("/iam/v2/api-keys", page_size=100),
+        tenant_id,
+        API_KEY,
+        "API key",
+        lambda item: text(item, "spec", "description") or text(item, "id"),
+        lambda item: {
+            "owner_id": text(item, "spec", "owner", "id"),
+            "resource_id": text(item, "spec", "resource", "id"),
+        },
+    )
+    providers = list(
+        _identities(
+            client.list("/iam/v2/identity-providers", page_size=99),
+            tenant_id,
+            IDENTITY_PROVIDER,
+            "identity provider",
+            lambda item: text(item, "display_name"),
+            lambda item: {
+                "description": get(item, "description"),
+                "crn": get(item, "metadata", "resource_name"),
+            },
+        )
+    )
+    yield from providers
+    for provider in providers:
+        provider_id = provider.identity_id
+        yield from _identities(
+            client.list(f"/iam/v2/identity-providers/{provider_id}/identity-pools", page_size=99),
+            tenant_id,
+            IDENTITY_POOL,
+            "identity pool",
+            lambda item: text(item, "display_name"),
+            _pool_metadata(provider_id),
+        )
+
+
+def _pool_metadata(provider_id: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda item: {"description": get(item, "description"), "provider_id": provider_id}
+
+
+def _identities(
+    items: Iterable[Any],
+    tenant_id: str,
+    identity_type: str,
+    label: str,
+    display_name: Callable[[Any], str | None],
+    metadata: Callable[[Any], dict[str, Any]],
+) -> Iterator[Identity]:
+    """One listing's identities; items without an id are skipped (the API's partial rows)."""
+    for item in items:
         identity_id = text(item, "id")
         if identity_id:
             yield Identity(
                 ECOSYSTEM,
                 tenant_id,
                 identity_id,
-                SERVICE_ACCOUNT,
-                display_name=text(item, "display_name"),
-                created_at=created_at(item, f"service account {identity_id}"),
-                metadata={"description": get(item, "description")},
+                identity_type,
+                display_name=display_name(item),
+                created_at=created_at(item, f"{label} {identity_id}"),
+                metadata=metadata(item),
             )
-    for item in client.list("/iam/v2/users", page_size=99):
-        identity_id = text(item, "id")
-        if identity_id:
-            yield Identity(
-                ECOSYSTEM,
-                tenant_id,
-                identity_id,
-                USER,
-                display_name=text(item, "full_name"),
-                created_at=created_at(item, f"user {identity_id}"),
-                metadata={"crn": get(item, "metadata", "resource_name")},
-            )
-    for item in client.list("/iam/v2/api-keys", page_size=100):
-        identity_id = text(item, "id")
-        if identity_id:
-            yield Identity(
-                ECOSYSTEM,
-                tenant_id,
-                identity_id,
-                API_KEY,
-                display_name=text(item, "spec", "description") or identity_id,
-                created_at=created_at(item, f"API key {identity_id}"),
-                metadata={
-                    "owner_id": text(item, "spec", "owner", "id"),
-                    "resource_id": text(item, "spec", "resource", "id"),
-                },
-            )
-    providers: list[str] = []
-    for item in client.list("/iam/v2/identity-providers", page_size=99):
-        identity_id = text(item, "id")
-        if identity_id:
-            providers.append(identity_id)
-            yield Identity(
-                ECOSYSTEM,
-                tenant_id,
-                identity_id,
-                IDENTITY_PROVIDER,
-                display_name=text(item, "display_name"),
-                created_at=created_at(item, f"identity provider {identity_id}"),
-                metadata={
-                    "description": get(item, "description"),
-                    "crn": get(item, "metadata", "resource_name"),
-                },
-            )
-    for provider_id in providers:
-        for item in client.list(f"/iam/v2/identity-providers/{provider_id}/identity-pools", page_size=99):
-            identity_id = text(item, "id")
-            if identity_id:
-                yield Identity(
-                    ECOSYSTEM,
-                    tenant_id,
-                    identity_id,
-                    IDENTITY_POOL,
-                    display_name=text(item, "display_name"),
-                    created_at=created_at(item, f"identity pool {identity_id}"),
-                    metadata={"description": get(item, "description"), "provider_id": provider_id},
-                )
 
 
 # --- candidates and lookups -------------------------------------------------------------

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from chargeback_pipeline.models import Identity, IdentityResolution, MetricQuery, MetricRow, Resource
 from chargeback_pipeline.protocols import CostAllocator, ResolveContext, TenantStore
+from chargeback_plugins.confluent_cloud.client import CCloudClient
+from chargeback_plugins.confluent_cloud.inventory import SharedContext, get, text
+
+log = logging.getLogger(__name__)
 
 
 class HandlerBase:
@@ -50,3 +56,27 @@ class HandlerBase:
         context: ResolveContext | None = None,
     ) -> IdentityResolution:
         return IdentityResolution()
+
+
+def shared_context(shared_ctx: object | None, service_type: str) -> SharedContext:
+    """The plugin's shared context; handlers that list per environment cannot work without it."""
+    if not isinstance(shared_ctx, SharedContext):
+        raise TypeError(f"the {service_type} handler needs the plugin's shared context")
+    return shared_ctx
+
+
+def environment_listing(
+    client: CCloudClient, path: str, shared: SharedContext, page_size: int, what: str
+) -> Iterator[tuple[str, str, Any, Any]]:
+    """``(env_id, id, item, spec)`` for each item of a per-environment listing.
+
+    Items without an id cannot be a resource; they are skipped with a warning naming the
+    environment, as the API occasionally returns partial rows.
+    """
+    for env_id in shared.env_ids:
+        for item in client.list(path, {"environment": env_id}, page_size=page_size):
+            item_id = text(item, "id")
+            if item_id is None:
+                log.warning("%s without id in %s skipped", what, env_id)
+                continue
+            yield env_id, item_id, item, get(item, "spec")

@@ -17,13 +17,13 @@ from chargeback_pipeline.models import Identity, IdentityResolution, IdentitySet
 from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains
 from chargeback_plugins.confluent_cloud.client import CCloudClient
-from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase, shared_context
 from chargeback_plugins.confluent_cloud.identities import (
     lookup_ignoring_lifecycle,
     metadata_text,
     sentinel,
 )
-from chargeback_plugins.confluent_cloud.inventory import ECOSYSTEM, SharedContext, get, text
+from chargeback_plugins.confluent_cloud.inventory import ECOSYSTEM, get, text
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,8 @@ class ConnectorHandler(HandlerBase):
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
     ) -> Iterator[Resource]:
-        if not isinstance(shared_ctx, SharedContext):
-            raise TypeError("the connector handler needs the plugin's shared context")
-        for env_id, cluster_id in shared_ctx.env_cluster_pairs:
+        shared = shared_context(shared_ctx, self.service_type)
+        for env_id, cluster_id in shared.env_cluster_pairs:
             body = self._client.get_raw(connectors_path(env_id, cluster_id), {"expand": "info,status,id"})
             if not isinstance(body, dict):
                 raise TypeError(f"connectors of {cluster_id}: expected an object keyed by name")

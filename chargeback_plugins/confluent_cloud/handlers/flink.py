@@ -21,11 +21,10 @@ from chargeback_pipeline.models import ZERO, IdentityResolution, IdentitySet, Me
 from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains, telemetry
 from chargeback_plugins.confluent_cloud.client import CCloudClient
-from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase, shared_context
 from chargeback_plugins.confluent_cloud.identities import lookup_ignoring_lifecycle, metadata_text, sentinel
 from chargeback_plugins.confluent_cloud.inventory import (
     ECOSYSTEM,
-    SharedContext,
     created_at,
     get,
     lower_trim,
@@ -103,10 +102,9 @@ class FlinkHandler(HandlerBase):
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
     ) -> Iterator[Resource]:
-        if not isinstance(shared_ctx, SharedContext):
-            raise TypeError("the flink handler needs the plugin's shared context")
+        shared = shared_context(shared_ctx, self.service_type)
         pools: list[tuple[str, Resource, FlinkRegion]] = []
-        for env_id in shared_ctx.env_ids:
+        for env_id in shared.env_ids:
             for item in self._client.list(POOLS_PATH, {"environment": env_id}, page_size=50):
                 found = self._pool(tenant_id, item, env_id)
                 if found is not None:

@@ -9,14 +9,14 @@ from chargeback_pipeline.models import Identity, IdentityResolution, MetricQuery
 from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains, telemetry
 from chargeback_plugins.confluent_cloud.client import CCloudClient
-from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase, shared_context
 from chargeback_plugins.confluent_cloud.identities import (
     CandidateCache,
     PrincipalCache,
     gather_identities,
     resolve_by_api_keys_and_metrics,
 )
-from chargeback_plugins.confluent_cloud.inventory import ENVIRONMENT, KAFKA_CLUSTER, SharedContext
+from chargeback_plugins.confluent_cloud.inventory import ENVIRONMENT, KAFKA_CLUSTER
 
 
 class KafkaHandler(HandlerBase):
@@ -44,10 +44,9 @@ class KafkaHandler(HandlerBase):
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
     ) -> Iterator[Resource]:
-        if not isinstance(shared_ctx, SharedContext):
-            raise TypeError("the kafka handler needs the plugin's shared context")
-        yield from shared_ctx.environments
-        yield from shared_ctx.clusters
+        shared = shared_context(shared_ctx, self.service_type)
+        yield from shared.environments
+        yield from shared.clusters
 
     def gather_identities(self, tenant_id: str, store: TenantStore) -> Iterator[Identity]:
         return gather_identities(self._client, tenant_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
@@ -10,11 +9,9 @@ from chargeback_pipeline.models import Identity, IdentityResolution, IdentitySet
 from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains
 from chargeback_plugins.confluent_cloud.client import CCloudClient
-from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase, environment_listing, shared_context
 from chargeback_plugins.confluent_cloud.identities import lookup_ignoring_lifecycle, sentinel
-from chargeback_plugins.confluent_cloud.inventory import ECOSYSTEM, SharedContext, created_at, get, text
-
-log = logging.getLogger(__name__)
+from chargeback_plugins.confluent_cloud.inventory import ECOSYSTEM, created_at, get, text
 
 KSQLDB_CLUSTER = "ksqldb_cluster"
 PATH = "/ksqldbcm/v2/clusters"
@@ -34,29 +31,24 @@ class KsqldbHandler(HandlerBase):
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
     ) -> Iterator[Resource]:
-        if not isinstance(shared_ctx, SharedContext):
-            raise TypeError("the ksqldb handler needs the plugin's shared context")
-        for env_id in shared_ctx.env_ids:
-            for item in self._client.list(PATH, {"environment": env_id}, page_size=100):
-                cluster_id = text(item, "id")
-                if cluster_id is None:
-                    log.warning("ksqlDB cluster without id in %s skipped", env_id)
-                    continue
-                spec = get(item, "spec")
-                yield Resource(
-                    ecosystem=ECOSYSTEM,
-                    tenant_id=tenant_id,
-                    resource_id=cluster_id,
-                    resource_type=KSQLDB_CLUSTER,
-                    display_name=text(spec, "display_name"),
-                    parent_id=text(spec, "environment", "id") or env_id,
-                    owner_id=text(spec, "credential_identity", "id") or OWNER_UNKNOWN,
-                    created_at=created_at(item, f"ksqlDB cluster {cluster_id}"),
-                    metadata={
-                        "kafka_cluster_id": text(spec, "kafka_cluster", "id"),
-                        "csu_count": get(spec, "csu"),
-                    },
-                )
+        listing = environment_listing(
+            self._client, PATH, shared_context(shared_ctx, self.service_type), 100, "ksqlDB cluster"
+        )
+        for env_id, cluster_id, item, spec in listing:
+            yield Resource(
+                ecosystem=ECOSYSTEM,
+                tenant_id=tenant_id,
+                resource_id=cluster_id,
+                resource_type=KSQLDB_CLUSTER,
+                display_name=text(spec, "display_name"),
+                parent_id=text(spec, "environment", "id") or env_id,
+                owner_id=text(spec, "credential_identity", "id") or OWNER_UNKNOWN,
+                created_at=created_at(item, f"ksqlDB cluster {cluster_id}"),
+                metadata={
+                    "kafka_cluster_id": text(spec, "kafka_cluster", "id"),
+                    "csu_count": get(spec, "csu"),
+                },
+            )
 
     def resolve_identities(
         self,

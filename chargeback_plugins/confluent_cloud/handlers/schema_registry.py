@@ -6,7 +6,6 @@ and never request metrics.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
@@ -14,7 +13,7 @@ from chargeback_pipeline.models import IdentityResolution, MetricRow, Resource
 from chargeback_pipeline.protocols import ResolveContext, TenantStore
 from chargeback_plugins.confluent_cloud import chains
 from chargeback_plugins.confluent_cloud.client import CCloudClient
-from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase
+from chargeback_plugins.confluent_cloud.handlers.base import HandlerBase, environment_listing, shared_context
 from chargeback_plugins.confluent_cloud.identities import (
     CandidateCache,
     PrincipalCache,
@@ -22,14 +21,11 @@ from chargeback_plugins.confluent_cloud.identities import (
 )
 from chargeback_plugins.confluent_cloud.inventory import (
     ECOSYSTEM,
-    SharedContext,
     created_at,
     get,
     lower_trim,
     text,
 )
-
-log = logging.getLogger(__name__)
 
 SCHEMA_REGISTRY = "schema_registry"
 PATH = "/srcm/v3/clusters"
@@ -49,32 +45,27 @@ class SchemaRegistryHandler(HandlerBase):
     def gather_resources(
         self, tenant_id: str, store: TenantStore, shared_ctx: object | None = None
     ) -> Iterator[Resource]:
-        if not isinstance(shared_ctx, SharedContext):
-            raise TypeError("the schema_registry handler needs the plugin's shared context")
-        for env_id in shared_ctx.env_ids:
-            for item in self._client.list(PATH, {"environment": env_id}, page_size=50):
-                registry_id = text(item, "id")
-                if registry_id is None:
-                    log.warning("schema registry without id in %s skipped", env_id)
-                    continue
-                spec = get(item, "spec")
-                yield Resource(
-                    ecosystem=ECOSYSTEM,
-                    tenant_id=tenant_id,
-                    resource_id=registry_id,
-                    resource_type=SCHEMA_REGISTRY,
-                    display_name=text(spec, "display_name"),
-                    parent_id=text(spec, "environment", "id") or env_id,
-                    created_at=created_at(item, f"schema registry {registry_id}"),
-                    metadata={
-                        "http_endpoint": get(spec, "http_endpoint"),
-                        "cloud": lower_trim(get(spec, "cloud")),
-                        "region": lower_trim(get(spec, "region")),
-                        "provider_cloud": get(spec, "cloud"),
-                        "provider_region": get(spec, "region"),
-                        "crn": get(item, "metadata", "resource_name"),
-                    },
-                )
+        listing = environment_listing(
+            self._client, PATH, shared_context(shared_ctx, self.service_type), 50, "schema registry"
+        )
+        for env_id, registry_id, item, spec in listing:
+            yield Resource(
+                ecosystem=ECOSYSTEM,
+                tenant_id=tenant_id,
+                resource_id=registry_id,
+                resource_type=SCHEMA_REGISTRY,
+                display_name=text(spec, "display_name"),
+                parent_id=text(spec, "environment", "id") or env_id,
+                created_at=created_at(item, f"schema registry {registry_id}"),
+                metadata={
+                    "http_endpoint": get(spec, "http_endpoint"),
+                    "cloud": lower_trim(get(spec, "cloud")),
+                    "region": lower_trim(get(spec, "region")),
+                    "provider_cloud": get(spec, "cloud"),
+                    "provider_region": get(spec, "region"),
+                    "crn": get(item, "metadata", "resource_name"),
+                },
+            )
 
     def resolve_identities(
         self,
