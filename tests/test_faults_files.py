@@ -22,6 +22,7 @@ import duckdb
 import pytest
 import yaml
 
+from chargeback_pipeline.emitters.files import atomic_write
 from chargeback_pipeline.storage import open_tenant_db
 from tests.ops_support import edit_config, failures, file_hashes, fixed_rate_demo, python, run_range
 
@@ -285,3 +286,20 @@ def test_a_full_disk_under_the_store_fails_the_step_and_the_store_reopens_intact
         after = stored(store)
         assert after["billed"] == after["allocated"] == Decimal("38.6256") and after["row_count"] == 15
         assert csv_rows_total(csv) == (15, Decimal("38.6256"))
+
+
+@pytest.mark.outcome("killed-during-csv-write")
+def test_only_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "2026-03-03.csv"
+    dead_pid = subprocess.Popen(["true"])  # a writer that has exited
+    dead_pid.wait()
+    dead = tmp_path / f".{target.name}.{dead_pid.pid}-abc123.tmp"
+    legacy = tmp_path / f".{target.name}.q1w2e3.tmp"  # the shape written before the PID was added
+    alive = tmp_path / f".{target.name}.1-xyz789.tmp"  # PID 1 always runs: a writer still at work
+    other = tmp_path / f".other.csv.{dead_pid.pid}-abc123.tmp"  # another file's temp: not ours to judge
+    for path in (dead, legacy, alive, other):
+        path.write_text("partial", encoding="utf-8")
+    with atomic_write(target) as stream:
+        stream.write("a,b\n")
+    assert target.read_text(encoding="utf-8") == "a,b\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, alive.name, other.name])
