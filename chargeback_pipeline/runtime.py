@@ -19,10 +19,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chargeback_pipeline.allocation import default_fallback_allocator
 from chargeback_pipeline.config import PluginSettingsBase, TenantConfig, pydantic_issues
 from chargeback_pipeline.errors import ConfigError, PluginConfigError, PluginLoadError
 from chargeback_pipeline.loader import PluginRegistry
 from chargeback_pipeline.overrides import TenantOverrides, bind_overrides
+from chargeback_pipeline.plugin_guard import Guarded, GuardedCallable, guarded_call
 from chargeback_pipeline.protocols import (
     CostAllocator,
     CostInput,
@@ -35,6 +37,29 @@ from chargeback_pipeline.protocols import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The plugin methods the core calls after start-up, guarded so a failure names them.
+HANDLER_METHODS = frozenset(
+    {
+        "gather_resources",
+        "gather_identities",
+        "resolve_identities",
+        "get_metrics_for_product_type",
+        "get_allocator",
+    }
+)
+ALLOCATORS = frozenset({"get_allocator"})
+COST_INPUT_METHODS = frozenset({"gather", "cost_types_without_data"})
+METRICS_SOURCE_METHODS = frozenset({"query"})
+STORAGE_MODULE_METHODS = frozenset(
+    {
+        "register_tables",
+        "create_billing_repository",
+        "create_resource_repository",
+        "create_identity_repository",
+        "create_chargeback_repository",
+    }
+)
 
 
 @dataclass
@@ -59,6 +84,11 @@ class TenantRuntime:
     @property
     def tenant_id(self) -> str:
         return self.settings.tenant_id
+
+    def build_shared_context(self) -> object | None:
+        """The plugin's per-gather context; a failure names tenant, plugin and method."""
+        where = f"tenant '{self.tenant_name}': plugin '{self.settings.ecosystem}'"
+        return guarded_call(where, "build_shared_context", self.plugin.build_shared_context, self.tenant_id)
 
     @property
     def settings_base(self) -> PluginSettingsBase:
@@ -173,16 +203,29 @@ def _prefixed_config_error(tenant_name: str, field_path: str, reason: str) -> Pl
 
 def _build_runtime(tenant_name: str, tenant: TenantConfig, plugin: EcosystemPlugin) -> TenantRuntime:
     name = f"plugin '{tenant.ecosystem}'"
+    where = f"tenant '{tenant_name}': {name}"
     handlers = _handlers(tenant_name, plugin, name)
-    dispatch = _dispatch_table(handlers)
-    cost_input = plugin.get_cost_input()
+    _dispatch_table(handlers)  # a product type claimed twice fails before anything else is asked
+    cost_input = _get(tenant_name, plugin, name, "get_cost_input")
     _require_members(tenant_name, cost_input, CostInput, f"{name} cost input")
-    metrics_source = plugin.get_metrics_source()
+    metrics_source = _get(tenant_name, plugin, name, "get_metrics_source")
     if metrics_source is not None:
         _require_members(tenant_name, metrics_source, MetricsSource, f"{name} metrics source")
-    storage_module = plugin.get_storage_module()
+    storage_module = _get(tenant_name, plugin, name, "get_storage_module")
     _require_members(tenant_name, storage_module, StorageModule, f"{name} storage module")
     fallback = _fallback(tenant_name, plugin, name)
+    # From here on every call into the plugin's objects names tenant, plugin and method on failure.
+    handlers = {
+        service_type: Guarded(handler, f"{where} handler '{service_type}'", HANDLER_METHODS, ALLOCATORS)
+        for service_type, handler in handlers.items()
+    }
+    dispatch = _dispatch_table(handlers)
+    cost_input = Guarded(cost_input, f"{where} cost input", COST_INPUT_METHODS)
+    if metrics_source is not None:
+        metrics_source = Guarded(metrics_source, f"{where} metrics source", METRICS_SOURCE_METHODS)
+    storage_module = Guarded(storage_module, f"{where} storage module", STORAGE_MODULE_METHODS)
+    if fallback is not default_fallback_allocator:
+        fallback = GuardedCallable(fallback, f"{where} fallback allocator")
     overrides = _overrides(tenant_name, tenant.plugin_settings, handlers, dispatch)
     return TenantRuntime(
         tenant_name=tenant_name,
@@ -201,8 +244,18 @@ def _build_runtime(tenant_name: str, tenant: TenantConfig, plugin: EcosystemPlug
     )
 
 
+def _get(tenant_name: str, plugin: EcosystemPlugin, name: str, method: str) -> Any:
+    """``plugin.<method>()`` at start-up; an exception fails the tenant naming the method."""
+    try:
+        return getattr(plugin, method)()
+    except Exception as exc:
+        raise PluginLoadError(
+            f"tenant '{tenant_name}': {name} {method}() raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _handlers(tenant_name: str, plugin: EcosystemPlugin, name: str) -> dict[str, ServiceHandler]:
-    handlers = plugin.get_service_handlers()
+    handlers = _get(tenant_name, plugin, name, "get_service_handlers")
     if not isinstance(handlers, Mapping):
         raise PluginLoadError(
             f"tenant '{tenant_name}': {name} get_service_handlers() must return a dict, "
@@ -235,10 +288,8 @@ def _billing_resource_types(handlers: Mapping[str, ServiceHandler]) -> tuple[str
 
 
 def _fallback(tenant_name: str, plugin: EcosystemPlugin, name: str) -> CostAllocator:
-    fallback = plugin.get_fallback_allocator()
+    fallback = _get(tenant_name, plugin, name, "get_fallback_allocator")
     if fallback is None:
-        from chargeback_pipeline.allocation import default_fallback_allocator
-
         return default_fallback_allocator
     if not callable(fallback):
         raise PluginLoadError(

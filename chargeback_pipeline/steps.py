@@ -27,6 +27,7 @@ from chargeback_pipeline.models import (
     day_start,
     require_utc,
 )
+from chargeback_pipeline.plugin_guard import plugin_type_name
 from chargeback_pipeline.protocols import ReportsCostGaps
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
@@ -134,10 +135,20 @@ def _assign_to_dates(
 
 
 def _cost_gaps(session: TenantSession, d: date) -> list[str]:
+    """Cost types the cost input had no data for on ``d`` (metadata only).
+
+    The answer only annotates lines that are already stored, so a cost input that fails
+    to give it costs a WARNING and an ``unknown`` in the metadata, not the billing step:
+    failing here would stop the remaining dates of a range after their bill was fetched.
+    """
     cost_input = session.runtime.cost_input
     if not isinstance(cost_input, ReportsCostGaps):
         return []
-    gaps = sorted(cost_input.cost_types_without_data(d))
+    try:
+        gaps = sorted(cost_input.cost_types_without_data(d))
+    except Exception as exc:
+        log.warning("tenant '%s': %s: cost types without data unknown: %s", session.name, d, _describe(exc))
+        return ["unknown"]
     if gaps:
         log.warning("tenant '%s': %s: no data for cost type(s) %s", session.name, d, ", ".join(gaps))
     return gaps
@@ -218,7 +229,7 @@ def _run_gather(session: TenantSession, run_id: str, now: datetime) -> dict[str,
     runtime, db = session.runtime, session.db
     tenant_id = runtime.tenant_id
     read_view = db.read_view()
-    shared_ctx = runtime.plugin.build_shared_context(tenant_id)
+    shared_ctx = runtime.build_shared_context()
     observed_resources: dict[str, set[str]] = defaultdict(set)
     observed_identities: set[str] = set()
     failed: list[str] = []
@@ -402,7 +413,7 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
         "groups_failed": failed,
         "failed_groups": _first_of(failures, 5) or "none",
         "metric_rows": rows,
-        "metrics_source": type(source).__name__ if source is not None else "none",
+        "metrics_source": plugin_type_name(source) if source is not None else "none",
     }
 
 

@@ -14,12 +14,15 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -195,3 +198,110 @@ def start_prometheus(workdir: Path, openmetrics: str | Path | None = None) -> Pr
         create_blocks(openmetrics, data_dir)
     data_dir.mkdir(exist_ok=True)
     return PrometheusServer(workdir, data_dir).start()
+
+
+class PrometheusProxy:
+    """A real HTTP proxy on 127.0.0.1 in front of a Prometheus, which a test can take down.
+
+    ``down_when(request)`` is asked for every request (method, path and form fields); the
+    first time it says yes the proxy goes down for good — that request and every later
+    one find the port closed (connection refused), as when the server process dies mid
+    run. ``up()`` listens again on the same port (the server came back). ``seen`` lists
+    the forwarded requests' form fields, for asserting what the run asked.
+    """
+
+    def __init__(self, upstream: str, down_when: Callable[[dict[str, str]], bool] | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.down_when = down_when
+        self.seen: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._dead = False
+        self._stopper: threading.Thread | None = None
+        self._client = httpx.Client(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None and not self._dead
+
+    def up(self) -> PrometheusProxy:
+        if self._stopper is not None:  # a shutdown started from a request must finish first
+            self._stopper.join(timeout=10)
+            self._stopper = None
+        self._dead = False
+        if self._server is None:
+            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
+            self._server.daemon_threads = True
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+            self._thread.daemon = True
+            self._thread.start()
+        return self
+
+    def down(self) -> None:
+        """Stop listening; connections already accepted are dropped without an answer."""
+        self._dead = True
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def close(self) -> None:
+        self.down()
+        self._client.close()
+
+    def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self._client.request(method, self.upstream + path, content=body, headers=headers)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silence the default stderr access log."""
+
+            def do_GET(self) -> None:
+                self._relay("GET", b"")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self._relay("POST", self.rfile.read(length))
+
+            def _relay(self, method: str, body: bytes) -> None:
+                parts = urlsplit(self.path)
+                fields = dict(parse_qsl(parts.query)) | dict(parse_qsl(body.decode("utf-8", "replace")))
+                fields["path"] = parts.path
+                with proxy._lock:
+                    if not proxy._dead and proxy.down_when is not None and proxy.down_when(fields):
+                        proxy._dead = True
+                        # Shut the listener from another thread (shutdown() waits for this one).
+                        proxy._stopper = threading.Thread(target=proxy.down, daemon=True)
+                        proxy._stopper.start()
+                    dead = proxy._dead
+                if dead:
+                    # Also requests on kept-alive connections accepted before: no answer.
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                with proxy._lock:
+                    proxy.seen.append(fields)
+                headers = {
+                    "Content-Type": self.headers.get("Content-Type", "application/x-www-form-urlencoded")
+                }
+                answer = proxy._forward(method, self.path, body, headers)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        return Handler

@@ -7,11 +7,7 @@ and the overlapping runs are separate processes, as they would be in production.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -21,12 +17,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions
 from chargeback_pipeline.storage import open_tenant_db
-from tests.conftest import FROZEN_NOW, REPO
+from tests.conftest import REPO
+from tests.ops_support import failures, python, run_range
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 DAY = date(2026, 3, 3)
 
 
@@ -36,34 +30,18 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
-def run_range(config: Path, instance: dg.DagsterInstance, first: str, last: str) -> dg.ExecuteInProcessResult:
-    job = build_definitions(config).resolve_job_def(PIPELINE_JOB)
-    return job.execute_in_process(
-        instance=instance, tags={RANGE_START: first, RANGE_END: last}, raise_on_error=False
-    )
-
-
 def pg_state(config: Path) -> tuple[list[tuple[str, str, str]], str | None]:
+    """DAY's stored rows and calculation id; every read also proves no row is duplicated."""
     with open_tenant_db(
         config.parent / "data" / "postgres-prod.duckdb",
         ecosystem="generic_metrics_only",
         tenant_id="acme-postgres",
     ) as db:
         rows = [(r.product_type, r.identity_id, f"{r.amount}") for r in db.chargebacks.find_by_date(DAY)]
+        totals = db.chargebacks.date_totals(DAY)
+        assert totals.allocated == sum((Decimal(r[2]) for r in rows), Decimal(0))
+        assert totals.row_count == len(rows) == len(set(rows))  # nothing duplicated
         return rows, db.state.get(DAY).calculation_id
-
-
-def python(script: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHARGEBACK_CONFIG")}
-    environment.update({"CHARGEBACK_NOW": FROZEN_NOW, **env})
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 KILL_INSIDE_COMMIT = """
@@ -94,6 +72,7 @@ def test_a_run_killed_inside_the_commit_leaves_the_partition_as_it_was(
     csv = demo_config.parent / "out" / "csv" / "postgres-prod" / "2026-03-03.csv"
     csv_hash = hashlib.sha256(csv.read_bytes()).hexdigest()
     assert len(before_rows) == 15 and before_id
+    assert pg_billed_allocated(demo_config) == (Decimal("38.1216"), Decimal("38.1216"))
 
     # The backup rate changes, so the killed calculation would have written other amounts.
     text = demo_config.read_text(encoding="utf-8")
@@ -105,11 +84,25 @@ def test_a_run_killed_inside_the_commit_leaves_the_partition_as_it_was(
 
     assert pg_state(demo_config) == (before_rows, before_id)
     assert hashlib.sha256(csv.read_bytes()).hexdigest() == csv_hash
+    # The killed run's billing step had committed the revised bill (its own transaction), so
+    # until the next calculation the stored rows still add up to the previous bill.
+    assert pg_billed_allocated(demo_config) == (Decimal("38.2176"), Decimal("38.1216"))
     # The lock died with the process: the next run recalculates with the new rate.
     assert run_range(demo_config, instance, "2026-03-03|postgres-prod", "2026-03-03|postgres-prod").success
     rows, calculation_id = pg_state(demo_config)
     assert calculation_id != before_id
     assert ("PG_BACKUP", "app-audit", "0.1200") in rows
+    assert pg_billed_allocated(demo_config) == (Decimal("38.2176"), Decimal("38.2176"))
+
+
+def pg_billed_allocated(config: Path) -> tuple[Decimal, Decimal]:
+    with open_tenant_db(
+        config.parent / "data" / "postgres-prod.duckdb",
+        ecosystem="generic_metrics_only",
+        tenant_id="acme-postgres",
+    ) as db:
+        totals = db.chargebacks.date_totals(DAY)
+        return totals.billed, totals.allocated
 
 
 OVERLAPPING_RUN = """
@@ -190,10 +183,6 @@ tenants:
         encoding="utf-8",
     )
     return config
-
-
-def failures(result: dg.ExecuteInProcessResult) -> dict[str, str]:
-    return {e.step_key or "": str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure}
 
 
 @pytest.mark.outcome("plugin-raises-in-initialize")

@@ -18,6 +18,7 @@ from chargeback_pipeline.config import TenantConfig, load_config
 from chargeback_pipeline.errors import ConfigError, PluginConfigError, PluginLoadError
 from chargeback_pipeline.loader import PluginRegistry
 from chargeback_pipeline.models import AllocationContext, AllocationResult, IdentityResolution
+from chargeback_pipeline.plugin_guard import unwrap
 from chargeback_pipeline.runtime import open_runtime
 
 TARGETS = "cb_override_targets"
@@ -234,7 +235,7 @@ def test_runtime_attributes(tmp_path: Path) -> None:
         assert list(runtime.handlers) == ["kafka", "flink"]
         assert runtime.product_types() == ["FLINK", "KAFKA_A", "KAFKA_B"]
         assert runtime.metrics_source is None
-        assert isinstance(runtime.cost_input, FakeCostInput)
+        assert isinstance(unwrap(runtime.cost_input), FakeCostInput)
         assert runtime.settings is config and runtime.settings_base is config.plugin_settings
         assert runtime.plugin is only_plugin()
 
@@ -242,13 +243,13 @@ def test_runtime_attributes(tmp_path: Path) -> None:
 def test_dispatch(tmp_path: Path) -> None:
     with open_runtime("acme", tenant(tmp_path), registry()) as runtime:
         kafka = FakePlugin.handlers["kafka"]
-        assert runtime.handler_for("KAFKA_B") is kafka
-        assert runtime.handler_for("FLINK") is FakePlugin.handlers["flink"]
+        assert unwrap(runtime.handler_for("KAFKA_B")) is kafka
+        assert unwrap(runtime.handler_for("FLINK")) is FakePlugin.handlers["flink"]
         assert runtime.handler_for("UNKNOWN") is None
-        assert runtime.allocator_for("KAFKA_A") is handler_allocator
-        assert runtime.allocator_for("KAFKA_A") is handler_allocator
+        assert unwrap(runtime.allocator_for("KAFKA_A")) is handler_allocator
+        assert runtime.allocator_for("KAFKA_A") is runtime.allocator_for("KAFKA_A")  # cached
         assert kafka.allocator_requests == ["KAFKA_A"]
-        assert runtime.resolver_for("KAFKA_A") == kafka.resolve_identities
+        assert unwrap(runtime.resolver_for("KAFKA_A")) == kafka.resolve_identities
         assert runtime.allocator_for("UNKNOWN") is default_fallback_allocator
         assert runtime.fallback_allocator is default_fallback_allocator
         with pytest.raises(ValueError, match="no handler claims product type 'UNKNOWN'"):
@@ -258,8 +259,8 @@ def test_dispatch(tmp_path: Path) -> None:
 def test_plugin_fallback_is_used_when_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FakePlugin, "fallback", staticmethod(plugin_fallback))
     with open_runtime("acme", tenant(tmp_path), registry()) as runtime:
-        assert runtime.fallback_allocator is plugin_fallback
-        assert runtime.allocator_for("UNKNOWN") is plugin_fallback
+        assert unwrap(runtime.fallback_allocator) is plugin_fallback
+        assert unwrap(runtime.allocator_for("UNKNOWN")) is plugin_fallback
 
 
 def test_overrides_are_applied(tmp_path: Path) -> None:
@@ -270,10 +271,10 @@ def test_overrides_are_applied(tmp_path: Path) -> None:
     )
     with open_runtime("acme", tenant(tmp_path, settings), registry()) as runtime:
         assert runtime.allocator_for("KAFKA_B").__name__ == "allocator_ok"  # type: ignore[attr-defined]
-        assert runtime.allocator_for("KAFKA_A") is handler_allocator
+        assert unwrap(runtime.allocator_for("KAFKA_A")) is handler_allocator
         assert runtime.resolver_for("KAFKA_A").__name__ == "resolver_ok"  # type: ignore[attr-defined]
         assert runtime.resolver_for("KAFKA_B").__name__ == "resolver_other"  # type: ignore[attr-defined]
-        assert runtime.resolver_for("FLINK") == FakePlugin.handlers["flink"].resolve_identities
+        assert unwrap(runtime.resolver_for("FLINK")) == FakePlugin.handlers["flink"].resolve_identities
         # An override for a product type no handler claims is unused: the fallback still applies.
         assert runtime.allocator_for("GHOST") is default_fallback_allocator
         assert runtime.overrides.unused_allocator_keys == ["GHOST"]

@@ -43,7 +43,10 @@ def run_step(
             _run_tenant(context, config, runtimes, storage, step, tenant, dates)
         except Exception as exc:
             if len(grouped) == 1:
-                raise
+                named = _naming_tenant(exc, tenant)
+                if named is exc:
+                    raise
+                raise named from exc
             log.error("tenant '%s': %s failed: %s", tenant, context.asset_key.to_user_string(), exc)
             failures[tenant] = exc
     if failures:
@@ -55,6 +58,22 @@ def run_step(
             },
         )
     return dg.MaterializeResult()
+
+
+class TenantStepError(RuntimeError):
+    """A step of one tenant failed with an error whose text did not say which tenant."""
+
+
+def _naming_tenant(exc: Exception, tenant: str) -> Exception:
+    """``exc`` itself when its message names the tenant, else a wrapper that does.
+
+    Errors raised below the steps (a full disk under DuckDB, a plugin's own exception)
+    know nothing of tenants; the run page and the alert must still say whose run failed.
+    The original error stays attached as the cause, so its type and traceback are shown.
+    """
+    if f"tenant '{tenant}'" in str(exc) or f"tenant {tenant}" in str(exc):
+        return exc
+    return TenantStepError(f"tenant '{tenant}': {type(exc).__name__}: {exc}")
 
 
 def _run_tenant(

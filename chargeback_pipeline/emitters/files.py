@@ -86,6 +86,55 @@ def _target_mode(path: Path) -> int:
         return DEFAULT_FILE_MODE
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temporary files of ``path`` are ``.<name>.<writer pid>-<random>.tmp`` beside it."""
+    return f".{path.name}."
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (it may be writing its temporary file right now)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another account
+    return True
+
+
+def remove_orphan_temps(path: Path) -> list[Path]:
+    """Delete temporary files of ``path`` left by writers that no longer run.
+
+    A process killed between creating its temporary file and the rename (SIGKILL, OOM,
+    power loss) cannot clean up after itself; without this, every such death left a
+    full-size hidden copy of the output beside it for ever. The writer's PID is part of
+    the name, so a temporary file of a writer that is still alive (another process or
+    this one) is never touched. Temporary files without a PID (written before the PID
+    was part of the name) are orphans by construction: nothing writes that shape now.
+    """
+    prefix = _temp_prefix(path)
+    removed: list[Path] = []
+    try:
+        candidates = [
+            entry
+            for entry in os.scandir(path.parent)
+            if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file()
+        ]
+    except FileNotFoundError:
+        return removed
+    for entry in candidates:
+        middle = entry.name[len(prefix) : -len(TEMP_SUFFIX)]
+        pid_text, dash, _ = middle.partition("-")
+        if dash and pid_text.isdigit() and _writer_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, *, encoding: str = "utf-8", newline: str = "") -> Iterator[IO[str]]:
     """Yield a text stream whose content replaces ``path`` only if the block succeeds.
@@ -93,10 +142,15 @@ def atomic_write(path: Path, *, encoding: str = "utf-8", newline: str = "") -> I
     The data goes to a hidden temporary file in the target's own directory (a rename is
     atomic only within one file system), is fsynced, and is then renamed over the
     target. If the block raises, the temporary file is removed and the previous file is
-    left untouched.
+    left untouched. Temporary files of this target left by a killed writer are removed
+    first (:func:`remove_orphan_temps`), so a crash costs disk space only until the
+    next write of the same file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    remove_orphan_temps(path)
+    fd, temp_name = tempfile.mkstemp(
+        prefix=f"{_temp_prefix(path)}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent
+    )
     temp_path = Path(temp_name)
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline=newline) as stream:
@@ -104,11 +158,31 @@ def atomic_write(path: Path, *, encoding: str = "utf-8", newline: str = "") -> I
             stream.flush()
             os.fchmod(stream.fileno(), _target_mode(path))
             os.fsync(stream.fileno())
+        _before_rename(temp_path, path)
         os.replace(temp_path, path)
+    except OSError as exc:
+        temp_path.unlink(missing_ok=True)
+        raise _naming(exc, path) from exc
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The error with the target file named: a stream's write or fsync error names no file,
+    and "No space left on device" alone does not say which output could not be written."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
+
+
+def _before_rename(temp_path: Path, path: Path) -> None:
+    """The complete temporary file exists, the target is not replaced yet.
+
+    Does nothing; it names the instant a crash leaves an orphan temporary file, so the
+    fault tests can kill a real process exactly there.
+    """
 
 
 def remove_file(path: Path) -> bool:

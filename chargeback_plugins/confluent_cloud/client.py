@@ -167,18 +167,13 @@ class CCloudClient:
         with self._lock:
             self._throttle()
             try:
-                response = self._send_with_retries(url, path, params)
+                status, body = self._send_with_retries(url, path, params)
             finally:
                 self._last_finished = time.monotonic()
-        if response.status_code == 404:
+        if status == 404:
             log.debug("GET %s: 404, treated as empty", path)
             return {"data": [], "metadata": {}} if listing else {}
-        try:
-            return response.json()
-        except ValueError:
-            raise CCloudApiError(
-                200, self._redact(f"GET {path}: body is not JSON: {response.text[:BODY_EXCERPT]}")
-            ) from None
+        return body
 
     def _throttle(self) -> None:
         """At least ``request_interval_seconds`` between the end of one answer and the next call."""
@@ -188,7 +183,15 @@ class CCloudClient:
         if remaining > 0:
             self._sleep(remaining)
 
-    def _send_with_retries(self, url: str, path: str, params: Mapping[str, str | int]) -> httpx.Response:
+    def _send_with_retries(self, url: str, path: str, params: Mapping[str, str | int]) -> tuple[int, Any]:
+        """``(status, parsed body)`` of the first usable answer (200 or 404), after retries.
+
+        A 200 whose body is not valid JSON (cut off by a proxy or a dropped connection
+        that still delivered ``Content-Length`` bytes) is retried like a 5xx: the next
+        answer is usually complete, and the listing cannot continue without its page
+        token. When every attempt got such a body, the error names the endpoint and
+        shows the start of the last body, never a bare ``JSONDecodeError``.
+        """
         for attempt in range(self._max_attempts):
             last = attempt == self._max_attempts - 1
             self.request_count += 1
@@ -205,8 +208,20 @@ class CCloudClient:
                     self._redact(f"GET {path}: {type(exc).__name__}: {exc}")
                 ) from None
             status = response.status_code
-            if status in (200, 404):
-                return response
+            if status == 404:
+                return status, None
+            if status == 200:
+                try:
+                    return status, response.json()
+                except ValueError as exc:
+                    excerpt = self._redact(response.text[:BODY_EXCERPT])
+                    problem = f"GET {path}: body is not valid JSON ({exc}): {excerpt}"
+                    if last:
+                        attempts = self._max_attempts
+                        raise CCloudApiError(200, f"{problem} (after {attempts} attempts)") from None
+                    wait = backoff_seconds(attempt, self._rng)
+                    self._wait(wait, path, attempt, "truncated or invalid JSON")
+                    continue
             body = self._redact(response.text[:BODY_EXCERPT])
             if status not in RETRIED_STATUS:
                 raise CCloudApiError(status, f"GET {path}: {body}")

@@ -146,6 +146,8 @@ class ConfluentCloudPlugin:
             secret,
             timeout_seconds=api.timeout_seconds,
             request_interval_seconds=interval,
+            max_attempts=api.max_attempts,
+            wait_scale=api.retry_wait_scale,
             transport=self._transport,
         )
 

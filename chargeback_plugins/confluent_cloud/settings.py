@@ -91,6 +91,11 @@ class CCloudApiSettings(_Section):
     # Extensions (not in the spec's table): knobs for tests, stand-ins and the offline demo.
     timeout_seconds: float = Field(default=30.0, gt=0)
     request_interval_seconds: float = Field(default=0.1, ge=0)
+    # Bounded retries (429, 5xx, timeouts, truncated bodies): attempts per request, and a
+    # factor on every wait (the backoff and the server's Retry-After) so fault tests and
+    # stand-ins can run the real retry path in milliseconds instead of minutes.
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    retry_wait_scale: float = Field(default=1.0, gt=0, le=1)
     replay: ReplaySettings | None = None
 
     @field_validator("base_url")

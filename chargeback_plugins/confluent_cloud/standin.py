@@ -36,8 +36,10 @@ class Fault:
     """One scripted misbehaviour, used for the next request whose path starts with the prefix.
 
     ``delay`` seconds pass before anything is sent (a client with a shorter timeout
-    gives up); ``drop`` closes the connection without an answer; otherwise ``status``
-    is sent with ``headers`` and ``body``. ``status=None`` after a delay answers normally.
+    gives up); ``drop`` closes the connection without an answer; ``raw`` is sent as the
+    body byte for byte (with ``status``, default 200) — e.g. JSON cut off mid-document;
+    otherwise ``status`` is sent with ``headers`` and ``body``. ``status=None`` after a
+    delay answers normally.
     """
 
     status: int | None = None
@@ -45,6 +47,7 @@ class Fault:
     body: Any = None
     delay: float = 0.0
     drop: bool = False
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,9 @@ class StandInServer:
                         self.close_connection = True
                         self.connection.close()
                         return
+                    if fault.raw is not None:
+                        self._send_bytes(fault.status or 200, fault.raw, fault.headers)
+                        return
                     if fault.status is not None:
                         body = (
                             fault.body
@@ -181,7 +187,9 @@ class StandInServer:
                 self._send(answer.status, answer.body, {})
 
             def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
-                payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+                self._send_bytes(status, json.dumps(body, separators=(",", ":")).encode("utf-8"), headers)
+
+            def _send_bytes(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
