@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import types
@@ -213,9 +214,19 @@ def _log_level(value: Any) -> str:
 LogLevel = Annotated[str, BeforeValidator(_log_level)]
 
 
+# Durations are capped at ten years. The spec gives only lower bounds, but a duration
+# has to become a ``timedelta`` (and a Dagster schedule interval), and ``10**30`` seconds
+# overflows both: the cap turns that crash at run time into a config error that names
+# the field.
+MAX_DURATION_SECONDS = 10 * 366 * 86400
+MAX_DURATION_HOURS = MAX_DURATION_SECONDS // 3600
+
+
 def _at_least_one_hour(value: int) -> int:
     if value < 1:
         raise ValueError("minimum is 1 hour")
+    if value > MAX_DURATION_HOURS:
+        raise ValueError(f"maximum is {MAX_DURATION_HOURS} hours (ten years)")
     return value
 
 
@@ -243,7 +254,7 @@ class LoggingSettings(_Section):
 
 class FeatureSettings(_Section):
     enable_periodic_refresh: bool = True
-    refresh_interval: Int = Field(default=1800, gt=0)
+    refresh_interval: Int = Field(default=1800, gt=0, le=MAX_DURATION_SECONDS)
     max_parallel_tenants: Int = Field(default=4, ge=1, le=64)
 
 
@@ -287,6 +298,9 @@ def _allocator_params(value: Any) -> Any:
     for key, item in value.items():
         if not isinstance(item, bool | int | float | str | Decimal):
             raise ValueError(f"'{key}' must be a number, string or boolean, got {type(item).__name__}")
+        # .nan / .inf (or 1e400) would pass every ``<``/``>`` range check an allocator makes.
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"'{key}' must be a finite number, got {item}")
     return value
 
 
@@ -302,11 +316,11 @@ class PluginSettingsBase(_Section):
     )
     allocator_overrides: dict[str, NonBlank] = Field(default_factory=dict)
     identity_resolution_overrides: dict[str, NonBlank] = Field(default_factory=dict)
-    min_refresh_gap_seconds: Int = Field(default=1800, ge=0)
+    min_refresh_gap_seconds: Int = Field(default=1800, ge=0, le=MAX_DURATION_SECONDS)
     granularity_durations: dict[str, Annotated[Int, AfterValidator(_at_least_one_hour)]] = Field(
         default_factory=dict
     )
-    metrics_step_seconds: Int = Field(default=3600, gt=0)
+    metrics_step_seconds: Int = Field(default=3600, gt=0, le=MAX_DURATION_SECONDS)
     chargeback_granularity: Literal["hourly", "daily", "monthly"] = "daily"
     emitters: list[EmitterSpec] = Field(default_factory=list)
 
@@ -386,7 +400,7 @@ class TenantConfig(_Section):
     allocation_retry_limit: Int = Field(default=3, ge=1, le=10)
     zero_gather_deletion_threshold: Int = Field(default=-1, ge=-1)
     gather_failure_threshold: Int = Field(default=5, ge=1)
-    tenant_execution_timeout_seconds: Int = Field(default=3600, ge=0)
+    tenant_execution_timeout_seconds: Int = Field(default=3600, ge=0, le=MAX_DURATION_SECONDS)
     metrics_prefetch_workers: Int = Field(default=4, ge=1, le=20)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     checks: CheckSettings = Field(default_factory=CheckSettings)
@@ -639,6 +653,10 @@ def _read_yaml(path: Path, display: str) -> dict[str, Any]:
         raise ConfigError(f"Configuration file not found: '{display}'") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read configuration file '{display}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Cannot read configuration file '{display}': not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -664,8 +682,12 @@ def _load_app_settings(root: Mapping[str, Any], display: str, config_dir: Path) 
     if errors:
         raise ConfigError("\n".join(errors), errors=errors)
     if settings.plugins_path is not None:
-        settings.plugins_path = (config_dir / settings.plugins_path.expanduser()).resolve()
-        if not settings.plugins_path.is_dir():
+        try:
+            settings.plugins_path = (config_dir / settings.plugins_path.expanduser()).resolve()
+            is_dir = settings.plugins_path.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, unknown ~user, symlink loop
+            raise ConfigError(top_message(display, "plugins_path", f"not a usable path: {exc}")) from None
+        if not is_dir:
             message = top_message(display, "plugins_path", f"'{settings.plugins_path}' is not a directory")
             raise ConfigError(message)
     return settings
