@@ -40,6 +40,7 @@ from pydantic import (
 
 from chargeback_pipeline.errors import ConfigError, PluginConfigError, PluginLoadError
 from chargeback_pipeline.loader import PluginRegistry, discover_plugins
+from chargeback_pipeline.plugin_settings import MAX_DURATION_HOURS, MAX_DURATION_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +215,10 @@ def _log_level(value: Any) -> str:
 LogLevel = Annotated[str, BeforeValidator(_log_level)]
 
 
-# Durations are capped at ten years. The spec gives only lower bounds, but a duration
-# has to become a ``timedelta`` (and a Dagster schedule interval), and ``10**30`` seconds
-# overflows both: the cap turns that crash at run time into a config error that names
-# the field.
-MAX_DURATION_SECONDS = 10 * 366 * 86400
-MAX_DURATION_HOURS = MAX_DURATION_SECONDS // 3600
+# Durations are capped at ten years (plugin_settings.MAX_DURATION_SECONDS). The spec gives
+# only lower bounds, but a duration has to become a ``timedelta`` (and a Dagster schedule
+# interval), and ``10**30`` seconds overflows both: the cap turns that crash at run time
+# into a config error that names the field.
 
 
 def _at_least_one_hour(value: int) -> int:

@@ -8,6 +8,7 @@ and whatever is stored still reconciles: every billing line's chargeback rows su
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -65,8 +66,11 @@ BAD_ROWS: list[Any] = [
     bad_row("lkc-euro", amount="7.5", currency="EUR"),
     DUPLICATE,
     dict(DUPLICATE),
+    bad_row('=HYPERLINK("http://evil.example","x")', line_type="KAFKA_NETWORK_READ"),
+    bad_row('\x1b[31m<script>alert(1)</script>,\n"x"', line_type="KAFKA_NETWORK_WRITE"),
     bad_row("lkc-bad-date", day="2026-03-05T00:00:00Z"),
 ]
+PAYLOAD_IDS = ['=HYPERLINK("http://evil.example","x")', '\x1b[31m<script>alert(1)</script>,\n"x"']
 
 
 @dataclass
@@ -267,3 +271,16 @@ def test_an_amount_too_large_for_four_decimals_fails_the_day_naming_the_line(tmp
         message
     )
     assert outcome.lines == {}  # nothing stored for the day
+
+
+@pytest.mark.outcome("identity-csv-injection")
+def test_hostile_resource_ids_from_the_vendor_read_back_from_csv_neutralised(hostile: Outcome) -> None:
+    path = hostile.config.parent / "out" / f"{TENANT}_{DAY.isoformat()}.csv"
+    with path.open(encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    ids = {r["resource_id"] for r in rows}
+    assert "'" + PAYLOAD_IDS[0] in ids and PAYLOAD_IDS[0] not in ids
+    assert PAYLOAD_IDS[1] in ids  # no formula trigger: kept exactly, quoting makes it one cell
+    for payload in PAYLOAD_IDS:
+        assert allocated(hostile, payload) == hostile.line(payload).total_cost
+    assert sum(Decimal(r["amount"]) for r in rows) == sum(r.amount for r in hostile.rows)

@@ -39,6 +39,38 @@ from chargeback_pipeline.loader import clear_discovery_cache
 from tests.conftest import DEMO_CONFIG, FROZEN_NOW
 
 DEMO = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+RUNNABLE = frozenset(DEMO["tenants"])  # tenants that can run offline (the slow suite runs them)
+
+# The demo plus a self-managed Kafka tenant and the Confluent Cloud knobs the demo leaves
+# at their defaults, so that every plugin's settings are mutated.
+SMK_TENANT = """
+ecosystem: self_managed_kafka
+tenant_id: onprem
+lookback_days: 8
+cutoff_days: 1
+retention_days: 90
+storage: {path: data/kafka-onprem.duckdb}
+plugin_settings:
+  cluster_id: kafka-prod
+  broker_count: 3
+  discovery_window_hours: 1
+  cost_model:
+    compute_hourly_rate: "0.50"
+    storage_per_gib_hourly: "0.000125"
+    network_ingress_per_gib: "0.01"
+    network_egress_per_gib: "0.09"
+    region_overrides: {eu-west-1: {compute_hourly_rate: "0.60"}}
+  metrics: {type: prometheus, url: "http://127.0.0.1:9/prom", timeout_seconds: 5, backoff_base_seconds: 0}
+  min_refresh_gap_seconds: 600
+  granularity_durations: {weekly: 168}
+  emitters: [{type: csv, aggregation: daily, params: {output_dir: out/csv}}]
+"""
+BASE = copy.deepcopy(DEMO)
+BASE["tenants"]["kafka-onprem"] = yaml.safe_load(SMK_TENANT)
+_CCLOUD = BASE["tenants"]["confluent-cloud"]["plugin_settings"]
+_CCLOUD["ccloud_api"].update(timeout_seconds=30, request_interval_seconds=0)
+_CCLOUD["billing_api"] = {"days_per_query": 15}
+_CCLOUD["allocator_params"] = {"kafka_cku_usage_ratio": 0.7, "kafka_cku_shared_ratio": 0.3}
 TRACEBACK = "Traceback (most recent call last)"
 
 KeyPath = tuple[str | int, ...]
@@ -62,8 +94,8 @@ def _get(doc: Any, path: KeyPath) -> Any:
     return doc
 
 
-PATHS = sorted(_paths(DEMO), key=repr)
-MAPPING_PATHS = [()] + [p for p in PATHS if isinstance(_get(DEMO, p), dict)]
+PATHS = sorted(_paths(BASE), key=repr)
+MAPPING_PATHS = [()] + [p for p in PATHS if isinstance(_get(BASE, p), dict)]
 
 # Strings a user, an editor or an attacker puts in a config value.
 NASTY_TEXT = st.sampled_from(
@@ -110,7 +142,7 @@ TENANT_NAMES = st.sampled_from(
 @st.composite
 def mutations(draw: st.DrawFn) -> tuple[dict[str, Any], KeyPath, str]:
     """(mutated document, path touched, kind of mutation)."""
-    doc = copy.deepcopy(DEMO)
+    doc = copy.deepcopy(BASE)
     kind = draw(st.sampled_from(["replace", "replace", "replace", "delete", "unknown-key", "tenant-name"]))
     if kind == "tenant-name":
         old = draw(st.sampled_from(sorted(doc["tenants"])))
@@ -202,7 +234,7 @@ def check_mutation(workdir: Path, doc: dict[str, Any], path: KeyPath, *, run_val
         run_code, run_output = cli("run", "--config", str(config), *selected, "--start=2026-03-05")
         assert run_code == 1, run_output
         assert TRACEBACK not in run_output, run_output
-    elif run_valid and tenant in DEMO["tenants"] and tenant in doc["tenants"] and _stays_inside(doc):
+    elif run_valid and tenant in RUNNABLE and tenant in doc["tenants"] and _stays_inside(doc):
         run_code, run_output = cli(
             "run", "--config", str(config), "--tenant", tenant, "--start", "2026-03-05", "--end", "2026-03-05"
         )
@@ -221,6 +253,13 @@ FAST = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SLOW = settings(FAST, max_examples=250)
+
+
+def test_the_unmutated_base_is_valid(workdir: Path) -> None:
+    """Mutations start from a valid file, so a rejection is the mutation's doing."""
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(BASE, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    assert cli("validate-config", str(config)) == (0, "Config is valid.\n")
 
 
 @pytest.mark.outcome("config-corpus")
@@ -334,6 +373,32 @@ UNICODE = pytest.mark.outcome("config-unicode")
             "config.yaml: tenant 'redis-cache': plugin_settings.cost_types.0.rate: must be <= 1000000000000",
             marks=HUGE,
             id="huge-rate",
+        ),
+        pytest.param(
+            _demo_with('rate: "0.206"', 'rate: "NaN"'),
+            "config.yaml: tenant 'redis-cache': plugin_settings.cost_types.0.rate: "
+            "must be a finite decimal number",
+            marks=HUGE,
+            id="nan-rate",
+        ),
+        pytest.param(
+            _demo_with('rate: "0.206"', "rate: true"),
+            "config.yaml: tenant 'redis-cache': plugin_settings.cost_types.0.rate: must be a decimal number",
+            marks=WRONG_TYPE,
+            id="bool-rate",
+        ),
+        pytest.param(
+            _demo_with("count: 2}", "count: 100000000000000000000}"),
+            "config.yaml: tenant 'redis-cache': plugin_settings.cost_types.0.cost_quantity.fixed.count: "
+            "Input should be less than or equal to 1000000",
+            marks=HUGE,
+            id="huge-count",
+        ),
+        pytest.param(
+            _demo_with("replay:", "timeout_seconds: .inf\n        replay:"),
+            "config.yaml: tenant 'confluent-cloud': plugin_settings.ccloud_api.timeout_seconds: ",
+            marks=HUGE,
+            id="infinite-timeout",
         ),
         pytest.param(
             _demo_with("  redis-cache:\n", "  rédis-😀:\n"),
