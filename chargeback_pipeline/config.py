@@ -147,6 +147,8 @@ def parse_env_file(path: Path) -> dict[str, str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"Cannot read env file '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Cannot read env file '{path}': not UTF-8 text (byte {exc.start})") from None
     for number, line in enumerate(lines, start=1):
         parsed = _parse_env_line(line, path, number)
         if parsed is not None:
@@ -163,7 +165,10 @@ def _parse_env_line(line: str, path: Path, number: int) -> tuple[str, str] | Non
     key = key.strip()
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
         raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
-    return key, _env_value(value.strip(), path, number)
+    parsed = _env_value(value.strip(), path, number)
+    if "\x00" in parsed:  # the environment cannot hold it (os.environ raises a bare ValueError)
+        raise ConfigError(f"{path}:{number}: the value of {key} contains a NUL byte")
+    return key, parsed
 
 
 def _env_value(value: str, path: Path, number: int) -> str:

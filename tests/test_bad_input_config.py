@@ -544,3 +544,23 @@ def test_unknown_keys_where_settings_are_strict_are_errors(workdir: Path) -> Non
     assert code == 1
     assert "config.yaml: tenant 'postgres-prod': plugin_settings" in output
     assert "colour" in output and "tema" in output, output
+
+
+@pytest.mark.outcome("config-not-yaml")
+@pytest.mark.parametrize(
+    ("env_file", "expected"),
+    [
+        (bytes(range(200, 256)), "Cannot read env file '{env}': not UTF-8 text (byte 0)\n"),
+        (b"A=x\x00y\n", "{env}:1: the value of A contains a NUL byte\n"),
+        (b"\x1b[2J=1\n", "{env}:1: expected KEY=VALUE\n"),
+    ],
+    ids=["binary", "nul-value", "ansi-key"],
+)
+def test_a_bad_env_file_beside_the_config_is_named(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, env_file: bytes, expected: str
+) -> None:
+    (workdir / ".env").write_bytes(env_file)
+    monkeypatch.delenv("A", raising=False)
+    code, output = cli("validate-config", "config.yaml")
+    assert (code, output) == (1, expected.format(env=workdir / ".env"))
+    assert "A" not in os.environ
