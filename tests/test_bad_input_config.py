@@ -247,7 +247,7 @@ def check_mutation(workdir: Path, doc: dict[str, Any], path: KeyPath, *, run_val
 
 
 FAST = settings(
-    max_examples=40,
+    max_examples=60,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

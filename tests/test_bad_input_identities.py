@@ -23,6 +23,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chargeback_pipeline.cli import main
 from chargeback_pipeline.emitters.csv_emitter import FORMULA_TRIGGERS
@@ -176,3 +178,19 @@ def test_an_ansi_tenant_name_in_a_config_error_is_printed_escaped(
     out = capsys.readouterr().out
     pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
     assert out == f"{config}: tenant '\\x1b[2Jx': invalid tenant name; it must match {pattern}\n"
+
+
+CONTROLS = {
+    chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
+
+
+@pytest.mark.outcome("identity-ansi")
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(text=st.text())
+def test_escaped_text_never_holds_a_control_character_but_newlines_and_tabs(text: str) -> None:
+    shown = escape_controls(text)
+    assert not (set(shown) & (CONTROLS - {"\n", "\t"}))
+    assert shown.count("\n") == text.count("\n") and shown.count("\t") == text.count("\t")
+    if not set(text) & CONTROLS:
+        assert shown == text  # ordinary text, unicode included, is untouched
