@@ -564,3 +564,34 @@ def test_a_bad_env_file_beside_the_config_is_named(
     code, output = cli("validate-config", "config.yaml")
     assert (code, output) == (1, expected.format(env=workdir / ".env"))
     assert "A" not in os.environ
+
+
+@pytest.mark.outcome("cli-unexpected-error")
+def test_a_failing_step_in_a_real_run_is_one_line_without_a_stack_trace(workdir: Path) -> None:
+    """The store path is a directory: the partition fails in ``billing_lines``, named in one line."""
+    text = (workdir / "config.yaml").read_text(encoding="utf-8")
+    (workdir / "config.yaml").write_text(text.replace("path: data/redis-cache.duckdb", "path: ccloud"))
+    environment = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CHARGEBACK_CONFIG")}
+    environment["CHARGEBACK_NOW"] = FROZEN_NOW
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chargeback_pipeline.cli",
+            "run",
+            "--tenant=redis-cache",
+            "--start=2026-03-05",
+        ],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    failed = [line for line in done.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 3, output  # 2026-03-05 .. 03-07, each one line
+    assert all("billing_lines: " in line and "Is a directory" in line for line in failed), output
+    assert TRACEBACK not in output and "Stack Trace" not in output and 'File "' not in output, output
+    assert "hint: re-run with -v for the failing steps' stack traces" in done.stderr
