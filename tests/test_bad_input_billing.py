@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -19,13 +20,16 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.loader import clear_discovery_cache
 from chargeback_pipeline.models import BillingLineItem, ChargebackRow
-from chargeback_pipeline.storage import open_tenant_db
-from chargeback_plugins.confluent_cloud.billing import ECOSYSTEM, row_hash
+from chargeback_pipeline.storage import normalise_lines, open_tenant_db
+from chargeback_plugins.confluent_cloud.billing import ECOSYSTEM, CCloudCostInput, row_hash
+from chargeback_plugins.confluent_cloud.client import CCloudClient
 from chargeback_plugins.confluent_cloud.recorded import RecordedOrganisation
 from chargeback_plugins.confluent_cloud.standin import StandInServer
 from chargeback_plugins.confluent_cloud.storage import CCloudStorageModule
@@ -284,3 +288,92 @@ def test_hostile_resource_ids_from_the_vendor_read_back_from_csv_neutralised(hos
     for payload in PAYLOAD_IDS:
         assert allocated(hostile, payload) == hostile.line(payload).total_cost
     assert sum(Decimal(r["amount"]) for r in rows) == sum(r.amount for r in hostile.rows)
+
+
+# --- generated rows through the stand-in ------------------------------------------------------
+
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["NaN", "-Infinity", "1e400", "-0", "0.00005", "12.34567", "", "abc", "1,5", "\uff12"]),
+    st.text(max_size=8),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
+    max_leaves=4,
+)
+DAYS_IN_CHUNK = ["2026-03-04", "2026-03-05", "2026-03-06"]
+
+
+@st.composite
+def cost_rows(draw: st.DrawFn) -> Any:
+    """A plausible cost row with any field replaced, deleted or mistyped; sometimes not a row."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON_VALUES)
+    row = bad_row(draw(st.sampled_from(["lkc-a", "lkc-b", ""])), day=draw(st.sampled_from(DAYS_IN_CHUNK)))
+    for name in draw(st.lists(st.sampled_from([*row, "currency", "id", "original_amount"]), max_size=3)):
+        if draw(st.booleans()):
+            row.pop(name, None)
+        else:
+            row[name] = draw(JSON_VALUES)
+    return row
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[tuple[StandInServer, RecordedOrganisation]]:
+    organisation = RecordedOrganisation({}, [])
+    with StandInServer(organisation, credentials=CREDENTIALS) as server:
+        yield server, organisation
+
+
+def gather_and_store(server: StandInServer, organisation: RecordedOrganisation, rows: list[Any]) -> None:
+    """The billing path of one chunk, then what the core stores per date (quantised, merged)."""
+    organisation.billing_rows = rows
+    with CCloudClient(server.url, CREDENTIALS[0][0], CREDENTIALS[0][1], request_interval_seconds=0) as client:
+        start, end = datetime(2026, 3, 4, tzinfo=UTC), datetime(2026, 3, 7, tzinfo=UTC)
+        cost_input = CCloudCostInput(client, 15)
+        lines = list(cost_input.gather(TENANT, start, end, store=None))  # type: ignore[arg-type]
+    assert len(lines) <= len(rows)
+    by_day: dict[date, list[BillingLineItem]] = {}
+    for line in lines:
+        assert all(x.is_finite() for x in (line.quantity, line.unit_price, line.total_cost)), line
+        assert line.currency == "USD"
+        by_day.setdefault(line.timestamp.date(), []).append(line)
+    assert set(by_day) <= {date.fromisoformat(d) for d in DAYS_IN_CHUNK}
+    raw_total = sum((x.total_cost for x in lines), Decimal(0))
+    module = CCloudStorageModule()
+    stored: list[BillingLineItem] = []
+    for d, group in by_day.items():
+        try:
+            stored.extend(normalise_lines(d, group, module.extra_key_fields, module.make_billing_line))
+        except ValueError as exc:  # the documented refusal of an amount beyond 4-dp money
+            assert "is too large to store with four decimals" in str(exc), exc
+            assert sum((abs(x.total_cost) for x in group), Decimal(0)) >= Decimal(10) ** 24
+            return
+    assert all(x.total_cost == x.total_cost.quantize(Decimal("0.0001")) for x in stored)
+    # Rounding happens once per stored line, so the stored total is within half a quantum per line.
+    assert abs(sum((x.total_cost for x in stored), Decimal(0)) - raw_total) <= Decimal("0.00005") * len(
+        stored
+    )
+
+
+@pytest.mark.outcome("billing-nan-amount")
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(cost_rows(), max_size=6))
+def test_any_cost_rows_map_to_finite_usd_lines_that_store(
+    standin: tuple[StandInServer, RecordedOrganisation], rows: list[Any]
+) -> None:
+    gather_and_store(*standin, rows)
+
+
+@pytest.mark.slow
+@pytest.mark.outcome("billing-nan-amount")
+@settings(max_examples=1500, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(cost_rows(), max_size=12))
+def test_any_cost_rows_map_and_store_at_scale(
+    standin: tuple[StandInServer, RecordedOrganisation], rows: list[Any]
+) -> None:
+    gather_and_store(*standin, rows)

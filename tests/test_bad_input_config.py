@@ -595,3 +595,29 @@ def test_a_failing_step_in_a_real_run_is_one_line_without_a_stack_trace(workdir:
     assert all("billing_lines: " in line and "Is a directory" in line for line in failed), output
     assert TRACEBACK not in output and "Stack Trace" not in output and 'File "' not in output, output
     assert "hint: re-run with -v for the failing steps' stack traces" in done.stderr
+
+
+@pytest.mark.outcome("config-huge-number")
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        ("-0.5", "must be >= 0"),
+        ("NaN", "must be a finite decimal number"),
+        ("-Infinity", "must be a finite decimal number"),
+        ("1e400", "must be <= 1000000000000"),
+        (True, "must be a decimal number"),
+        ("0,50", "must be a decimal number"),
+    ],
+)
+def test_bad_self_managed_kafka_rates_name_the_rate(workdir: Path, rate: object, message: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["tenants"]["kafka-onprem"]["plugin_settings"]["cost_model"]["region_overrides"]["eu-west-1"] = {
+        "network_egress_per_gib": rate
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    code, output = cli("validate-config", "config.yaml")
+    assert (code, output) == (
+        1,
+        "config.yaml: tenant 'kafka-onprem': "
+        f"plugin_settings.cost_model.region_overrides.eu-west-1.network_egress_per_gib: {message}\n",
+    )
