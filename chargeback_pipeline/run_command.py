@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 
 from chargeback_pipeline import clock
-from chargeback_pipeline.config import LoadedConfig, configure_logging, load_config
+from chargeback_pipeline.config import LoadedConfig, TenantConfig, configure_logging, load_config
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
@@ -113,7 +113,7 @@ def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date
     plan: dict[str, list[date]] = {}
     for tenant in tenants:
         settings = loaded.tenants[tenant]
-        dates = _requested_dates(args, clock.refresh_window(settings, today))
+        dates = _requested_dates(args, clock.refresh_window(settings, today), tenant, settings, today)
         for d in dates:
             clock.check_date_allowed(tenant, settings, d, today)
         plan[tenant] = dates
@@ -129,13 +129,19 @@ def _excluded(loaded: LoadedConfig, tenants: list[str]) -> str:
     )
 
 
-def _requested_dates(args: argparse.Namespace, window: list[date]) -> list[date]:
+def _requested_dates(
+    args: argparse.Namespace, window: list[date], tenant: str, settings: TenantConfig, today: date
+) -> list[date]:
     if not args.start and not args.end:
         return window
     start = _option_date("--start", args.start) if args.start else window[0]
     end = _option_date("--end", args.end) if args.end else window[-1]
     if end < start:
         raise DateOutOfRangeError(f"--end {end} is before --start {start}")
+    # The allowed dates are one contiguous range: checking both ends first refuses
+    # ``--start 0001-01-01 --end 9999-12-31`` at once instead of listing 3.6 million days.
+    clock.check_date_allowed(tenant, settings, start, today)
+    clock.check_date_allowed(tenant, settings, end, today)
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 

@@ -621,3 +621,23 @@ def test_bad_self_managed_kafka_rates_name_the_rate(workdir: Path, rate: object,
         "config.yaml: tenant 'kafka-onprem': "
         f"plugin_settings.cost_model.region_overrides.eu-west-1.network_egress_per_gib: {message}\n",
     )
+
+
+@pytest.mark.outcome("config-missing-file")
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        ("0001-01-01", "9999-12-31", "date 0001-01-01 is not allowed: retention_days=90"),
+        ("2026-03-05", "9999-12-31", "date 9999-12-31 is not allowed: cutoff_days=1"),
+        ("2026-03-05", "2026-03-04", "--end 2026-03-04 is before --start 2026-03-05"),
+        ("2026-3-5", "2026-03-06", "--start '2026-3-5' is not a date (YYYY-MM-DD)"),
+    ],
+)
+def test_absurd_date_ranges_are_refused_at_once(workdir: Path, start: str, end: str, expected: str) -> None:
+    """Both ends are checked before the dates are listed: the error names ``--end`` itself."""
+    code, output = cli(
+        "run", "--config", "config.yaml", "--tenant=redis-cache", f"--start={start}", f"--end={end}"
+    )
+    assert code == 1
+    assert output.startswith("error: ") and expected in output, output
+    assert written(workdir) == []
