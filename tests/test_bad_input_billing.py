@@ -29,7 +29,7 @@ from chargeback_pipeline.loader import clear_discovery_cache
 from chargeback_pipeline.models import BillingLineItem, ChargebackRow
 from chargeback_pipeline.storage import normalise_lines, open_tenant_db
 from chargeback_plugins.confluent_cloud.billing import ECOSYSTEM, CCloudCostInput, row_hash
-from chargeback_plugins.confluent_cloud.client import CCloudClient
+from chargeback_plugins.confluent_cloud.client import CCloudClient, without_lone_surrogates
 from chargeback_plugins.confluent_cloud.recorded import RecordedOrganisation
 from chargeback_plugins.confluent_cloud.standin import StandInServer
 from chargeback_plugins.confluent_cloud.storage import CCloudStorageModule
@@ -72,6 +72,8 @@ BAD_ROWS: list[Any] = [
     dict(DUPLICATE),
     bad_row('=HYPERLINK("http://evil.example","x")', line_type="KAFKA_NETWORK_READ"),
     bad_row('\x1b[31m<script>alert(1)</script>,\n"x"', line_type="KAFKA_NETWORK_WRITE"),
+    bad_row("lkc-\ud800-lone-surrogate", line_type="KAFKA_PARTITION"),
+    bad_row("lkc-nul\x00byte", line_type="KAFKA_PARTITION"),
     bad_row("lkc-bad-date", day="2026-03-05T00:00:00Z"),
 ]
 PAYLOAD_IDS = ['=HYPERLINK("http://evil.example","x")', '\x1b[31m<script>alert(1)</script>,\n"x"']
@@ -162,9 +164,9 @@ def test_the_partition_with_hostile_rows_succeeds_and_reconciles(hostile: Outcom
     assert hostile.result.success
     assert check_passed(hostile.result, "chargebacks_reconcile_with_billing")
     for raw in BAD_ROWS:
-        resource_id = (
-            raw["resource"]["id"] if raw is not BAD_ROWS[-1] else f"malformed_billing_{row_hash(raw)}"
-        )
+        malformed = raw is BAD_ROWS[-1]
+        resource_id = f"malformed_billing_{row_hash(raw)}" if malformed else raw["resource"]["id"]
+        resource_id = without_lone_surrogates(resource_id)  # as the client delivers it
         assert allocated(hostile, resource_id) == hostile.line(resource_id).total_cost, resource_id
 
 
@@ -377,3 +379,15 @@ def test_any_cost_rows_map_and_store_at_scale(
     standin: tuple[StandInServer, RecordedOrganisation], rows: list[Any]
 ) -> None:
     gather_and_store(*standin, rows)
+
+
+@pytest.mark.outcome("vendor-broken-unicode")
+def test_a_lone_surrogate_or_nul_in_a_vendor_id_is_stored_and_emitted(hostile: Outcome) -> None:
+    """JSON can escape half a surrogate pair; no UTF-8 sink takes it, so it becomes U+FFFD."""
+    assert "lkc-\ufffd-lone-surrogate" in hostile.lines and "lkc-\ud800-lone-surrogate" not in hostile.lines
+    assert hostile.line("lkc-\ufffd-lone-surrogate").total_cost == Decimal("2.5000")
+    assert hostile.line("lkc-nul\x00byte").total_cost == Decimal("2.5000")
+    path = hostile.config.parent / "out" / f"{TENANT}_{DAY.isoformat()}.csv"
+    with path.open(encoding="utf-8", newline="") as stream:
+        ids = {r["resource_id"] for r in csv.DictReader(stream)}
+    assert {"lkc-\ufffd-lone-surrogate", "lkc-nul\x00byte"} <= ids

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -174,11 +175,15 @@ class CCloudClient:
             log.debug("GET %s: 404, treated as empty", path)
             return {"data": [], "metadata": {}} if listing else {}
         try:
-            return response.json()
+            body = response.json()
         except ValueError:
             raise CCloudApiError(
                 200, self._redact(f"GET {path}: body is not JSON: {response.text[:BODY_EXCERPT]}")
             ) from None
+        # Only a ``\uD8xx`` escape can carry a lone surrogate: skip the walk otherwise.
+        if b"\\ud" in response.content or b"\\uD" in response.content:
+            body = without_lone_surrogates(body)
+        return body
 
     def _throttle(self) -> None:
         """At least ``request_interval_seconds`` between the end of one answer and the next call."""
@@ -228,6 +233,26 @@ class CCloudClient:
     def _redact(self, text: str) -> str:
         """Belt and braces: a server that echoes the secret back must not put it in our errors."""
         return text.replace(self._secret, "**********") if self._secret else text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone UTF-16 surrogate in its strings (keys too) replaced by U+FFFD.
+
+    JSON may escape half a surrogate pair (``"lkc-\\ud800"``) and ``json`` decodes it into a
+    ``str`` that no UTF-8 sink accepts: DuckDB refuses it mid-transaction, which fails the
+    whole billing date with "transaction is aborted", and so would the CSV writer. The
+    replacement character keeps the row (and its money) and shows where the id was broken.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _next_page_token(body: Any) -> str | None:
