@@ -670,7 +670,39 @@ def _read_yaml(path: Path, display: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{display}: the top level must be a mapping, got {type(data).__name__}")
+    broken = _lone_surrogate_path(data, ())
+    if broken is not None:
+        raise ConfigError(
+            f"{display}: {format_path(broken) or '(top level)'}: contains a lone UTF-16 surrogate "
+            "(a YAML escape such as \\ud800), which is not valid Unicode text"
+        )
     return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate_path(node: Any, path: KeyPath) -> KeyPath | None:
+    """Where a YAML ``"\\ud800"`` escape left half a surrogate pair, if anywhere.
+
+    ``yaml.safe_load`` accepts the escape, but no file, log or DuckDB column can hold the
+    result: it would pass validation and fail the run with a bare codec error.
+    """
+    if isinstance(node, str):
+        return path if _SURROGATE.search(node) else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return (*path, key.encode("utf-8", "backslashreplace").decode("ascii"))
+            found = _lone_surrogate_path(value, (*path, str(key)))
+            if found is not None:
+                return found
+    if isinstance(node, list):
+        for index, value in enumerate(node):
+            found = _lone_surrogate_path(value, (*path, index))
+            if found is not None:
+                return found
+    return None
 
 
 def _load_app_settings(root: Mapping[str, Any], display: str, config_dir: Path) -> AppSettings:

@@ -401,6 +401,12 @@ UNICODE = pytest.mark.outcome("config-unicode")
             id="infinite-timeout",
         ),
         pytest.param(
+            _demo_with("tenant_id: acme-redis", 'tenant_id: "acme\\ud800redis"'),
+            "config.yaml: tenants.redis-cache.tenant_id: contains a lone UTF-16 surrogate",
+            marks=UNICODE,
+            id="lone-surrogate",
+        ),
+        pytest.param(
             _demo_with("  redis-cache:\n", "  rédis-😀:\n"),
             "config.yaml: tenant 'rédis-😀': invalid tenant name; it must match "
             "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
