@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from typing import TextIO
 
-# C0 controls except TAB and LF, DEL, C1 controls, and the Unicode bidi embeddings,
-# overrides and isolates (the "Trojan Source" characters).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 controls except TAB and LF, DEL, C1 controls, the Unicode bidi embeddings,
+# overrides and isolates (the "Trojan Source" characters), and lone surrogates (an
+# undecodable byte in argv or the environment arrives as one; a UTF-8 stream refuses to
+# write it and the command would die inside ``print``).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _visible(match: re.Match[str]) -> str:

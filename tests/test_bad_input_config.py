@@ -106,6 +106,7 @@ NASTY_TEXT = st.sampled_from(
         "a\x00b",
         "\x1b[31mred\x1b[0m",
         "\u202eevil",
+        "half\ud800pair",
         "\u05e9\u05dc\u05d5\u05dd",  # Hebrew (RTL)
         "😀",
         "é" * 300,
@@ -135,7 +136,20 @@ BAD_VALUES = st.one_of(
 )
 
 TENANT_NAMES = st.sampled_from(
-    ["😀", "ünï", "a b", "-lead", "x" * 64, "a\x00b", "\x1b[2J", "\u202eabc", "../up", "tenant!", ""]
+    [
+        "😀",
+        "ünï",
+        "a b",
+        "x\udfff",
+        "-lead",
+        "x" * 64,
+        "a\x00b",
+        "\x1b[2J",
+        "\u202eabc",
+        "../up",
+        "tenant!",
+        "",
+    ]
 )
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import shutil
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -180,17 +182,39 @@ def test_an_ansi_tenant_name_in_a_config_error_is_printed_escaped(
     assert out == f"{config}: tenant '\\x1b[2Jx': invalid tenant name; it must match {pattern}\n"
 
 
-CONTROLS = {
-    chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-}
+CODE_POINTS = [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+CONTROLS = {chr(c) for c in [*CODE_POINTS, *range(0xD800, 0xE000)]}  # lone surrogates too
 
 
 @pytest.mark.outcome("identity-ansi")
 @settings(max_examples=200, derandomize=True, deadline=None)
-@given(text=st.text())
+@given(text=st.text(alphabet=st.characters(codec=None, exclude_categories=())))
 def test_escaped_text_never_holds_a_control_character_but_newlines_and_tabs(text: str) -> None:
     shown = escape_controls(text)
     assert not (set(shown) & (CONTROLS - {"\n", "\t"}))
     assert shown.count("\n") == text.count("\n") and shown.count("\t") == text.count("\t")
     if not set(text) & CONTROLS:
         assert shown == text  # ordinary text, unicode included, is untouched
+
+
+@pytest.mark.outcome("identity-ansi")
+def test_undecodable_and_ansi_bytes_in_argv_are_printed_escaped_by_a_real_process(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 reaches Python as a lone surrogate: shown, never a crash in print."""
+    shutil.copytree(DEMO_CONFIG.parent, tmp_path / "demo")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chargeback_pipeline.cli",
+            "run",
+            b"--tenant=\xff\x1b[2J",
+            "--config=config.yaml",
+        ],
+        cwd=tmp_path / "demo",
+        env={**os.environ, "CHARGEBACK_NOW": FROZEN_NOW},
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(b"error: unknown tenant '\\udcff\\x1b[2J'; configured: confluent-cloud, ")
+    assert b"\x1b" not in done.stdout + done.stderr and b"Traceback" not in done.stderr
