@@ -4,7 +4,13 @@
 contacting a service (plugin settings, emitter specs, override paths); ``show-config``
 prints the effective settings with secrets masked; ``run`` hands over to
 :mod:`chargeback_pipeline.run_command`. Every failure ends in one readable line per
-problem and a non-zero exit code, never a traceback.
+problem and a non-zero exit code, never a traceback: 1 when the input, the
+configuration or a run failed, 2 for a usage error or an unexpected internal error
+(which prints one line naming the command and the exception, and a hint to re-run with
+``--traceback``). Everything printed passes through
+:class:`~chargeback_pipeline.terminal.EscapingStream`, so control characters coming
+from data (ANSI escapes in an identity name, a carriage return in a config value) are
+shown as ``\\x1b`` and never act on the terminal.
 """
 
 from __future__ import annotations
@@ -14,31 +20,40 @@ import importlib
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import date
-from typing import TextIO
+from typing import TextIO, cast
 
 from chargeback_pipeline import clock
 from chargeback_pipeline.config import LoadedConfig, TenantConfig, load_config, resolved_settings
 from chargeback_pipeline.errors import ChargebackError, ConfigError
+from chargeback_pipeline.terminal import EscapingStream
 
 VALID_MESSAGE = "Config is valid."
+EXIT_FAILED = 1  # the configuration, the input or a run failed
+EXIT_INTERNAL = 2  # usage error (argparse) or an unexpected exception: a bug
+TRACEBACK_HINT = "hint: this is a bug, not a problem with your input; re-run with --traceback for the details"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargeback", description="Cost chargeback pipeline")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--traceback", action="store_true", help="on an unexpected error, print the Python traceback too"
+    )
     for name, summary in (
         ("validate-config", "validate the configuration file; contacts no service"),
         ("check-config", "validate, then show what a refresh would run per tenant"),
         ("show-config", "print the resolved configuration as JSON, secrets masked"),
     ):
-        sub = commands.add_parser(name, help=summary, description=summary)
+        sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
         sub.add_argument(
             "config_file", nargs="?", metavar="F", help="config file (default: $CHARGEBACK_CONFIG)"
         )
         sub.add_argument("--config", dest="config_option", metavar="F", help="same as the positional F")
-    run = commands.add_parser("run", help="materialise tenant x date partitions in process")
+    run = commands.add_parser("run", help="materialise tenant x date partitions in process", parents=[common])
     run.add_argument(
         "--config", metavar="F", help="config file (default: $CHARGEBACK_CONFIG or ./config.yaml)"
     )
@@ -50,10 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; stdout and stderr escape control characters while it runs."""
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, EscapingStream(stdout))
+    sys.stderr = cast(TextIO, EscapingStream(stderr))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the problem
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else EXIT_INTERNAL
     handlers = {
         "validate-config": _validate,
         "check-config": _check,
@@ -65,10 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not a config problem: still one line; details at DEBUG
-        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # a bug, not a config problem: one line, the stack only on request
+        if args.traceback:
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {args.command} failed unexpectedly: {describe_exception(exc)}", file=sys.stderr)
+        print(TRACEBACK_HINT, file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message`` (a multi-line message would read as several errors)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _config_file(args: argparse.Namespace) -> str | None:

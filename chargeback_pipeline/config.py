@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import types
@@ -39,6 +40,7 @@ from pydantic import (
 
 from chargeback_pipeline.errors import ConfigError, PluginConfigError, PluginLoadError
 from chargeback_pipeline.loader import PluginRegistry, discover_plugins
+from chargeback_pipeline.plugin_settings import MAX_DURATION_HOURS, MAX_DURATION_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,8 @@ def parse_env_file(path: Path) -> dict[str, str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"Cannot read env file '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Cannot read env file '{path}': not UTF-8 text (byte {exc.start})") from None
     for number, line in enumerate(lines, start=1):
         parsed = _parse_env_line(line, path, number)
         if parsed is not None:
@@ -161,7 +165,10 @@ def _parse_env_line(line: str, path: Path, number: int) -> tuple[str, str] | Non
     key = key.strip()
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
         raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
-    return key, _env_value(value.strip(), path, number)
+    parsed = _env_value(value.strip(), path, number)
+    if "\x00" in parsed:  # the environment cannot hold it (os.environ raises a bare ValueError)
+        raise ConfigError(f"{path}:{number}: the value of {key} contains a NUL byte")
+    return key, parsed
 
 
 def _env_value(value: str, path: Path, number: int) -> str:
@@ -213,9 +220,17 @@ def _log_level(value: Any) -> str:
 LogLevel = Annotated[str, BeforeValidator(_log_level)]
 
 
+# Durations are capped at ten years (plugin_settings.MAX_DURATION_SECONDS). The spec gives
+# only lower bounds, but a duration has to become a ``timedelta`` (and a Dagster schedule
+# interval), and ``10**30`` seconds overflows both: the cap turns that crash at run time
+# into a config error that names the field.
+
+
 def _at_least_one_hour(value: int) -> int:
     if value < 1:
         raise ValueError("minimum is 1 hour")
+    if value > MAX_DURATION_HOURS:
+        raise ValueError(f"maximum is {MAX_DURATION_HOURS} hours (ten years)")
     return value
 
 
@@ -243,7 +258,7 @@ class LoggingSettings(_Section):
 
 class FeatureSettings(_Section):
     enable_periodic_refresh: bool = True
-    refresh_interval: Int = Field(default=1800, gt=0)
+    refresh_interval: Int = Field(default=1800, gt=0, le=MAX_DURATION_SECONDS)
     max_parallel_tenants: Int = Field(default=4, ge=1, le=64)
 
 
@@ -287,6 +302,9 @@ def _allocator_params(value: Any) -> Any:
     for key, item in value.items():
         if not isinstance(item, bool | int | float | str | Decimal):
             raise ValueError(f"'{key}' must be a number, string or boolean, got {type(item).__name__}")
+        # .nan / .inf (or 1e400) would pass every ``<``/``>`` range check an allocator makes.
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"'{key}' must be a finite number, got {item}")
     return value
 
 
@@ -302,11 +320,11 @@ class PluginSettingsBase(_Section):
     )
     allocator_overrides: dict[str, NonBlank] = Field(default_factory=dict)
     identity_resolution_overrides: dict[str, NonBlank] = Field(default_factory=dict)
-    min_refresh_gap_seconds: Int = Field(default=1800, ge=0)
+    min_refresh_gap_seconds: Int = Field(default=1800, ge=0, le=MAX_DURATION_SECONDS)
     granularity_durations: dict[str, Annotated[Int, AfterValidator(_at_least_one_hour)]] = Field(
         default_factory=dict
     )
-    metrics_step_seconds: Int = Field(default=3600, gt=0)
+    metrics_step_seconds: Int = Field(default=3600, gt=0, le=MAX_DURATION_SECONDS)
     chargeback_granularity: Literal["hourly", "daily", "monthly"] = "daily"
     emitters: list[EmitterSpec] = Field(default_factory=list)
 
@@ -386,7 +404,7 @@ class TenantConfig(_Section):
     allocation_retry_limit: Int = Field(default=3, ge=1, le=10)
     zero_gather_deletion_threshold: Int = Field(default=-1, ge=-1)
     gather_failure_threshold: Int = Field(default=5, ge=1)
-    tenant_execution_timeout_seconds: Int = Field(default=3600, ge=0)
+    tenant_execution_timeout_seconds: Int = Field(default=3600, ge=0, le=MAX_DURATION_SECONDS)
     metrics_prefetch_workers: Int = Field(default=4, ge=1, le=20)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     checks: CheckSettings = Field(default_factory=CheckSettings)
@@ -639,6 +657,10 @@ def _read_yaml(path: Path, display: str) -> dict[str, Any]:
         raise ConfigError(f"Configuration file not found: '{display}'") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read configuration file '{display}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Cannot read configuration file '{display}': not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -648,7 +670,39 @@ def _read_yaml(path: Path, display: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{display}: the top level must be a mapping, got {type(data).__name__}")
+    broken = _lone_surrogate_path(data, ())
+    if broken is not None:
+        raise ConfigError(
+            f"{display}: {format_path(broken) or '(top level)'}: contains a lone UTF-16 surrogate "
+            "(a YAML escape such as \\ud800), which is not valid Unicode text"
+        )
     return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate_path(node: Any, path: KeyPath) -> KeyPath | None:
+    """Where a YAML ``"\\ud800"`` escape left half a surrogate pair, if anywhere.
+
+    ``yaml.safe_load`` accepts the escape, but no file, log or DuckDB column can hold the
+    result: it would pass validation and fail the run with a bare codec error.
+    """
+    if isinstance(node, str):
+        return path if _SURROGATE.search(node) else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return (*path, key.encode("utf-8", "backslashreplace").decode("ascii"))
+            found = _lone_surrogate_path(value, (*path, str(key)))
+            if found is not None:
+                return found
+    if isinstance(node, list):
+        for index, value in enumerate(node):
+            found = _lone_surrogate_path(value, (*path, index))
+            if found is not None:
+                return found
+    return None
 
 
 def _load_app_settings(root: Mapping[str, Any], display: str, config_dir: Path) -> AppSettings:
@@ -664,8 +718,12 @@ def _load_app_settings(root: Mapping[str, Any], display: str, config_dir: Path) 
     if errors:
         raise ConfigError("\n".join(errors), errors=errors)
     if settings.plugins_path is not None:
-        settings.plugins_path = (config_dir / settings.plugins_path.expanduser()).resolve()
-        if not settings.plugins_path.is_dir():
+        try:
+            settings.plugins_path = (config_dir / settings.plugins_path.expanduser()).resolve()
+            is_dir = settings.plugins_path.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, unknown ~user, symlink loop
+            raise ConfigError(top_message(display, "plugins_path", f"not a usable path: {exc}")) from None
+        if not is_dir:
             message = top_message(display, "plugins_path", f"'{settings.plugins_path}' is not a directory")
             raise ConfigError(message)
     return settings

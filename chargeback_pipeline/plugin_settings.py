@@ -33,6 +33,21 @@ def parse_plugin_settings(model: type[ModelT], raw: Mapping[str, Any]) -> ModelT
         raise PluginConfigError(field, message) from None
 
 
+# Upper bounds the spec leaves open. Each value here ends up in a ``timedelta``, a socket
+# timeout, ``time.sleep`` or a product of money; far above any real setting, they turn
+# an ``OverflowError`` (or a run that sleeps forever) into a config error naming the field.
+MAX_DURATION_SECONDS = 10 * 366 * 86400  # ten years
+MAX_DURATION_HOURS = MAX_DURATION_SECONDS // 3600
+MAX_WAIT_SECONDS = 3600.0  # network timeouts, request intervals, retry backoff
+MAX_COUNT = 1_000_000  # nodes, brokers: multiplied by 24 h and a rate
+
+# A rate is multiplied by quantities and hours, and the product must still fit a 28-digit
+# Decimal with four decimals (24 integer digits); ``1e400`` passes every other check and
+# would only fail at run time, inside the billing step. A trillion per unit is far above
+# any real price.
+MAX_RATE = Decimal(10) ** 12
+
+
 def _exact_rate(value: Any) -> Decimal:
     """``Decimal(str(value))`` so ``0.1`` in YAML stays exactly 0.1; rates are never negative."""
     if isinstance(value, bool):
@@ -45,6 +60,8 @@ def _exact_rate(value: Any) -> Decimal:
         raise ValueError("must be a finite decimal number")
     if parsed < 0:
         raise ValueError("must be >= 0")
+    if parsed > MAX_RATE:
+        raise ValueError(f"must be <= {MAX_RATE}")
     return parsed
 
 

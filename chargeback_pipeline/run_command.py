@@ -22,13 +22,16 @@ from typing import Any
 import dagster as dg
 
 from chargeback_pipeline import clock
-from chargeback_pipeline.config import LoadedConfig, configure_logging, load_config
+from chargeback_pipeline.config import LoadedConfig, TenantConfig, configure_logging, load_config
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
 from chargeback_pipeline.defs.partitions import partition_key
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
 
 # The run's events go to the instance (and the UI); the terminal gets our one-line progress.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Dagster logs a step failure at ERROR with the whole stack trace; the progress line
+# already names the step and the error, so the console shows those only with -v.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+VERBOSE_CONSOLE = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 @dataclass
@@ -67,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
     for tenant, dates in plan.items():
         print(f"tenant {tenant}: {len(dates)} date(s) {dates[0]} .. {dates[-1]}")
         for d in dates:
-            _run_partition(job, instance, tenant, d, totals[tenant])
+            _run_partition(job, instance, tenant, d, totals[tenant], verbose=getattr(args, "verbose", False))
     _print_summary(totals)
+    if any(t.dates_failed for t in totals.values()) and not getattr(args, "verbose", False):
+        print(
+            "hint: re-run with -v for the failing steps' stack traces (also in the Dagster UI)",
+            file=sys.stderr,
+        )
     failed = any(t.dates_failed for t in totals.values()) or (loaded.tenant_errors and not args.tenant)
     return 1 if failed else 0
 
@@ -105,7 +113,7 @@ def _plan(loaded: LoadedConfig, args: argparse.Namespace) -> dict[str, list[date
     plan: dict[str, list[date]] = {}
     for tenant in tenants:
         settings = loaded.tenants[tenant]
-        dates = _requested_dates(args, clock.refresh_window(settings, today))
+        dates = _requested_dates(args, clock.refresh_window(settings, today), tenant, settings, today)
         for d in dates:
             clock.check_date_allowed(tenant, settings, d, today)
         plan[tenant] = dates
@@ -121,14 +129,28 @@ def _excluded(loaded: LoadedConfig, tenants: list[str]) -> str:
     )
 
 
-def _requested_dates(args: argparse.Namespace, window: list[date]) -> list[date]:
+def _requested_dates(
+    args: argparse.Namespace, window: list[date], tenant: str, settings: TenantConfig, today: date
+) -> list[date]:
     if not args.start and not args.end:
         return window
-    start = date.fromisoformat(args.start) if args.start else window[0]
-    end = date.fromisoformat(args.end) if args.end else window[-1]
+    start = _option_date("--start", args.start) if args.start else window[0]
+    end = _option_date("--end", args.end) if args.end else window[-1]
     if end < start:
         raise DateOutOfRangeError(f"--end {end} is before --start {start}")
+    # The allowed dates are one contiguous range: checking both ends first refuses
+    # ``--start 0001-01-01 --end 9999-12-31`` at once instead of listing 3.6 million days.
+    clock.check_date_allowed(tenant, settings, start, today)
+    clock.check_date_allowed(tenant, settings, end, today)
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def _option_date(option: str, value: str) -> date:
+    """A ``YYYY-MM-DD`` option value; the error names the option (``fromisoformat`` does not)."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ChargebackError(f"{option} {value!r} is not a date (YYYY-MM-DD): {exc}") from None
 
 
 def _instance() -> dg.DagsterInstance:
@@ -141,7 +163,13 @@ def _instance() -> dg.DagsterInstance:
 
 
 def _run_partition(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, tenant: str, d: date, totals: TenantTotals
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    tenant: str,
+    d: date,
+    totals: TenantTotals,
+    *,
+    verbose: bool = False,
 ) -> None:
     started = time.monotonic()
     result = job.execute_in_process(
@@ -149,7 +177,7 @@ def _run_partition(
         instance=instance,
         raise_on_error=False,
         tags={"tenant": tenant},
-        run_config=QUIET_CONSOLE,
+        run_config=VERBOSE_CONSOLE if verbose else QUIET_CONSOLE,
     )
     elapsed = time.monotonic() - started
     if not result.success:

@@ -213,8 +213,11 @@ def test_unexpected_errors_are_one_line(
 
     fake.run = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "chargeback_pipeline.run_command", fake)
-    assert main(["run"]) == 1
-    assert capsys.readouterr().err == "error: KeyError: 'bug'\n"
+    assert main(["run"]) == 2  # a bug, not a problem with the input (README, exit codes)
+    assert capsys.readouterr().err == (
+        "error: run failed unexpectedly: KeyError: 'bug'\n"
+        "hint: this is a bug, not a problem with your input; re-run with --traceback for the details\n"
+    )
 
 
 def test_check_config_with_refresh_disabled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from chargeback_pipeline.plugin_settings import MAX_WAIT_SECONDS
+
 
 class MetricsConnection(BaseModel):
     """Where Prometheus is and how to authenticate (prometheus-source.md §1)."""
@@ -28,9 +30,9 @@ class MetricsConnection(BaseModel):
     bearer_token: SecretStr | None = None
     # Operational knobs (not in the spec's table): the defaults are the spec's values;
     # a Prometheus behind a slow gateway may need a longer timeout, tests a short backoff.
-    timeout_seconds: float = Field(default=30.0, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     max_attempts: int = Field(default=4, ge=1, le=10)
-    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_base_seconds: float = Field(default=1.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # Usage answers are small (~10 KB) and Prometheus usually sits on the same network:
     # gzip there costs more CPU on both ends than it saves (it halved Prometheus' CPU and
     # cut a third of the client's in the 30-day benchmark). Turn it on over slow links.

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any
 
@@ -133,7 +133,7 @@ def _merge(
     metadata = dict(first.metadata)
     if len(group) > 1:
         metadata["merged_lines"] = len(group)
-    total = q4(raw_total)
+    total = _stored_total(key, raw_total)
     if total != raw_total:
         metadata["raw_total_cost"] = str(raw_total)
     fields: dict[str, Any] = {
@@ -152,6 +152,25 @@ def _merge(
     }
     fields.update(zip(extra, key[len(BILLING_KEY) :], strict=True))
     return factory(fields)
+
+
+def _stored_total(key: BillingKey, raw_total: Decimal) -> Decimal:
+    """``Q4(raw_total)``, or a ``ValueError`` naming the line when it cannot be stored.
+
+    Money is a 28-digit ``Decimal``; with four decimals that leaves 24 integer digits.
+    Beyond that ``quantize`` raises a bare ``InvalidOperation`` with no message, which
+    would fail the date without saying which line or why. Such an amount is a vendor
+    bug, so it is refused (never silently rounded or dropped).
+    """
+    if not raw_total.is_finite():
+        raise ValueError(f"billing line {format_key(key)} total_cost {raw_total} is not a finite number")
+    try:
+        return q4(raw_total)
+    except InvalidOperation:
+        raise ValueError(
+            f"billing line {format_key(key)} total_cost {raw_total} is too large to store "
+            "with four decimals (at most 24 integer digits)"
+        ) from None
 
 
 class BillingRepository:

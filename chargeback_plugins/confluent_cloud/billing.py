@@ -132,6 +132,7 @@ def _map_well_formed(row: Any, digest: str) -> _Line:
     )
     if original is not None:
         metadata["original_amount"] = original
+    _warn_foreign_currency(row, digest)
     return _Line(
         timestamp=timestamp,
         resource_id=resource_id
@@ -146,6 +147,18 @@ def _map_well_formed(row: Any, digest: str) -> _Line:
         metadata=metadata,
         original_amount=original,
     )
+
+
+def _warn_foreign_currency(row: Mapping[str, Any], digest: str) -> None:
+    """Lines are USD (§4.2); a row that says otherwise is still taken as USD, but visibly.
+
+    The billing API reports the organisation's billing currency, which is USD, and has
+    no currency field in its documented rows. Converting is out of scope; dropping the
+    row would lose money, so the amount is kept and the mismatch is logged.
+    """
+    currency = row.get("currency")
+    if currency is not None and currency != "USD":
+        log.warning("billing row %s: currency %r is not USD; amounts are taken as USD", digest, currency)
 
 
 def _object_or_none(value: Any, what: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -212,7 +213,7 @@ class CCloudClient:
                 return status, None
             if status == 200:
                 try:
-                    return status, response.json()
+                    body = response.json()
                 except ValueError as exc:
                     excerpt = self._redact(response.text[:BODY_EXCERPT])
                     problem = f"GET {path}: body is not valid JSON ({exc}): {excerpt}"
@@ -222,6 +223,10 @@ class CCloudClient:
                     wait = backoff_seconds(attempt, self._rng)
                     self._wait(wait, path, attempt, "truncated or invalid JSON")
                     continue
+                # Only a ``\uD8xx`` escape can carry a lone surrogate: skip the walk otherwise.
+                if b"\\ud" in response.content or b"\\uD" in response.content:
+                    body = without_lone_surrogates(body)
+                return status, body
             body = self._redact(response.text[:BODY_EXCERPT])
             if status not in RETRIED_STATUS:
                 raise CCloudApiError(status, f"GET {path}: {body}")
@@ -243,6 +248,26 @@ class CCloudClient:
     def _redact(self, text: str) -> str:
         """Belt and braces: a server that echoes the secret back must not put it in our errors."""
         return text.replace(self._secret, "**********") if self._secret else text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone UTF-16 surrogate in its strings (keys too) replaced by U+FFFD.
+
+    JSON may escape half a surrogate pair (``"lkc-\\ud800"``) and ``json`` decodes it into a
+    ``str`` that no UTF-8 sink accepts: DuckDB refuses it mid-transaction, which fails the
+    whole billing date with "transaction is aborted", and so would the CSV writer. The
+    replacement character keeps the row (and its money) and shows where the id was broken.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _next_page_token(body: Any) -> str | None:

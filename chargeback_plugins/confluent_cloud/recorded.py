@@ -60,6 +60,9 @@ class RecordedOrganisation:
     and every ``created_at``) by whole days, so an old recording can stand for recent
     days; relations between dates (a cluster created mid-day) are unchanged.
     ``max_page_size`` caps the page size a client may ask for, as real APIs do.
+    ``ignore_billing_window`` makes the billing endpoint answer every row whatever dates
+    were asked for: a misbehaving vendor, to prove the engine discards rows dated outside
+    the requested range instead of storing them under the wrong date.
     """
 
     def __init__(
@@ -69,10 +72,12 @@ class RecordedOrganisation:
         *,
         shift_days: int = 0,
         max_page_size: int = MAX_PAGE_SIZE,
+        ignore_billing_window: bool = False,
     ) -> None:
         self.responses = dict(responses)
         self.billing_rows = list(billing_rows)
         self.max_page_size = max_page_size
+        self.ignore_billing_window = ignore_billing_window
         if shift_days:
             self.responses = {k: _shift_created_at(v, shift_days) for k, v in self.responses.items()}
             self.billing_rows = [_shift_billing_row(r, shift_days) for r in self.billing_rows]
@@ -116,7 +121,9 @@ class RecordedOrganisation:
             return RecordedAnswer(
                 400, {"errors": [{"status": "400", "detail": "start_date and end_date required"}]}
             )
-        rows = [row for row in self.billing_rows if _billed_within(row, start, end)]
+        rows = [
+            row for row in self.billing_rows if self.ignore_billing_window or _billed_within(row, start, end)
+        ]
         envelope = {"api_version": "billing/v1", "kind": "CostList", "metadata": {}, "data": rows}
         return self._page(BILLING_PATH, params, base_url, envelope, rows)
 

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 
 from chargeback_pipeline.config import PluginSettingsBase
 from chargeback_pipeline.metrics import MetricsConnection
+from chargeback_pipeline.plugin_settings import MAX_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,13 @@ class CCloudApiSettings(_Section):
     base_url: str = DEFAULT_BASE_URL
     flink_base_url: str = DEFAULT_FLINK_BASE_URL
     # Extensions (not in the spec's table): knobs for tests, stand-ins and the offline demo.
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    request_interval_seconds: float = Field(default=0.1, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    request_interval_seconds: float = Field(default=0.1, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # Bounded retries (429, 5xx, timeouts, truncated bodies): attempts per request, and a
     # factor on every wait (the backoff and the server's Retry-After) so fault tests and
     # stand-ins can run the real retry path in milliseconds instead of minutes.
     max_attempts: int = Field(default=6, ge=1, le=20)
-    retry_wait_scale: float = Field(default=1.0, gt=0, le=1)
+    retry_wait_scale: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
     replay: ReplaySettings | None = None
 
     @field_validator("base_url")

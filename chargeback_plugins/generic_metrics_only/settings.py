@@ -8,12 +8,12 @@ from pydantic import Field, field_validator, model_validator
 
 from chargeback_pipeline.config import PluginSettingsBase
 from chargeback_pipeline.metrics import MetricsConnection
-from chargeback_pipeline.plugin_settings import IdentitySourceSettings, Rate, StrictSettings
+from chargeback_pipeline.plugin_settings import MAX_COUNT, IdentitySourceSettings, Rate, StrictSettings
 
 
 class FixedQuantity(StrictSettings):
     type: Literal["fixed"]
-    count: int = Field(gt=0)
+    count: int = Field(gt=0, le=MAX_COUNT)
 
 
 class StorageGibQuantity(StrictSettings):

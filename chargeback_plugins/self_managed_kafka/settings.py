@@ -10,7 +10,13 @@ from pydantic import Field, SecretStr, model_validator
 
 from chargeback_pipeline.config import PluginSettingsBase
 from chargeback_pipeline.metrics import MetricsConnection
-from chargeback_pipeline.plugin_settings import IdentitySourceSettings, Rate, StrictSettings
+from chargeback_pipeline.plugin_settings import (
+    MAX_COUNT,
+    MAX_DURATION_HOURS,
+    IdentitySourceSettings,
+    Rate,
+    StrictSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,13 @@ class ResourceSource(StrictSettings):
 
 class SelfManagedKafkaSettings(PluginSettingsBase):
     cluster_id: str = Field(min_length=1)
-    broker_count: int = Field(gt=0)
+    broker_count: int = Field(gt=0, le=MAX_COUNT)
     region: str | None = None
     cost_model: CostModel
     identity_source: IdentitySourceSettings = Field(default_factory=IdentitySourceSettings)
     resource_source: ResourceSource = Field(default_factory=ResourceSource)
     metrics: MetricsConnection
-    discovery_window_hours: int = Field(default=1, gt=0)
+    discovery_window_hours: int = Field(default=1, gt=0, le=MAX_DURATION_HOURS)
 
     @property
     def rates(self) -> Rates:
