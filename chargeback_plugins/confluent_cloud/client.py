@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from chargeback_pipeline.redaction import Redactor
 from chargeback_pipeline.tls import default_tls_context
 from chargeback_plugins.confluent_cloud.errors import CCloudApiError, CCloudConnectionError
 
@@ -99,7 +100,8 @@ class CCloudClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.base_url = base_url.rstrip("/")
-        self._secret = secret
+        # The secret and the Basic header's base64 of key:secret, in every spelling an echo may use.
+        self._redactor = Redactor(basic_auth=[(key, secret)])
         self._interval = request_interval_seconds
         self._max_attempts = max_attempts
         self._sleep = sleep
@@ -177,7 +179,7 @@ class CCloudClient:
             return response.json()
         except ValueError:
             raise CCloudApiError(
-                200, self._redact(f"GET {path}: body is not JSON: {response.text[:BODY_EXCERPT]}")
+                200, f"GET {path}: body is not JSON: {self._redactor.excerpt(response.text, BODY_EXCERPT)}"
             ) from None
 
     def _throttle(self) -> None:
@@ -207,7 +209,7 @@ class CCloudClient:
             status = response.status_code
             if status in (200, 404):
                 return response
-            body = self._redact(response.text[:BODY_EXCERPT])
+            body = self._redactor.excerpt(response.text, BODY_EXCERPT)
             if status not in RETRIED_STATUS:
                 raise CCloudApiError(status, f"GET {path}: {body}")
             if last:
@@ -226,8 +228,8 @@ class CCloudClient:
         self._sleep(seconds * self._wait_scale)
 
     def _redact(self, text: str) -> str:
-        """Belt and braces: a server that echoes the secret back must not put it in our errors."""
-        return text.replace(self._secret, "**********") if self._secret else text
+        """Belt and braces: a server that echoes the credentials back must not put them in our errors."""
+        return self._redactor.redact(text)
 
 
 def _next_page_token(body: Any) -> str | None:
