@@ -265,6 +265,7 @@ def test_errors_and_logs_never_contain_the_secret(
     assert "Authorization" not in caplog.text
 
 
+@pytest.mark.outcome("secret-echoed-by-vendor")
 def test_echoed_credentials_are_masked_in_every_spelling_and_across_the_cut(
     server: StandInServer, sleeps: Sleeps
 ) -> None:

@@ -624,6 +624,7 @@ def test_credentials_never_reach_messages_or_logs(
             assert secret not in text
 
 
+@pytest.mark.outcome("secret-echoed-by-vendor")
 def test_an_echoed_credential_is_masked_before_the_body_is_cut(stub: StubPrometheus) -> None:
     password = "pw/Zq81+secret=&long-enough"
     header = base64.b64encode(f"svc:{password}".encode()).decode()
