@@ -6,13 +6,20 @@ instead of being slept, so the retry schedule itself is asserted, not its durati
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 from collections.abc import Iterator
+from urllib.parse import quote, quote_plus
 
 import pytest
 
-from chargeback_plugins.confluent_cloud.client import CCloudClient, backoff_seconds, rate_limited_wait
+from chargeback_plugins.confluent_cloud.client import (
+    BODY_EXCERPT,
+    CCloudClient,
+    backoff_seconds,
+    rate_limited_wait,
+)
 from chargeback_plugins.confluent_cloud.errors import CCloudApiError, CCloudConnectionError
 from chargeback_plugins.confluent_cloud.recorded import RecordedOrganisation
 from chargeback_plugins.confluent_cloud.standin import Fault, StandInServer
@@ -256,6 +263,30 @@ def test_errors_and_logs_never_contain_the_secret(
     assert "**********" in str(raised.value)
     assert API_SECRET not in caplog.text
     assert "Authorization" not in caplog.text
+
+
+@pytest.mark.outcome("secret-echoed-by-vendor")
+def test_echoed_credentials_are_masked_in_every_spelling_and_across_the_cut(
+    server: StandInServer, sleeps: Sleeps
+) -> None:
+    # A secret whose URL-encoded spelling differs from the raw one.
+    secret = "s3cr/t+Zq9=&NEVER SHOWN"
+    header = base64.b64encode(f"{API_KEY}:{secret}".encode()).decode()
+    forms = (secret, header, quote(secret, safe=""), quote_plus(secret), secret[:12], header[:12])
+    echoes = [
+        {"detail": f"Authorization: Basic {header}"},  # a gateway echoing the request header
+        {"detail": f"rejected ?secret={quote_plus(secret)}"},  # … or the query it thinks it got
+        {"detail": "x" * (BODY_EXCERPT - 30) + secret},  # the secret straddles the excerpt's cut
+    ]
+    for echo in echoes:
+        server.inject(SA_PATH, Fault(status=401, body=echo))
+        client = CCloudClient(server.url, API_KEY, secret, request_interval_seconds=0, sleep=sleeps)
+        with client, pytest.raises(CCloudApiError) as raised:
+            list(client.list(SA_PATH))
+        text = str(raised.value)
+        assert raised.value.status == 401 and "**********" in text, text
+        assert [form for form in forms if form in text] == [], text
+    assert len(server.requests) == 3
 
 
 def test_throttle_spaces_logical_calls_but_not_retries(server: StandInServer, sleeps: Sleeps) -> None:

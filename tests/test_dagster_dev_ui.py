@@ -5,16 +5,21 @@ serves the demo tenants. The test saves screenshots of the asset lineage and of 
 backfill under its output directory (and into ``$CHARGEBACK_UI_SCREENSHOTS`` when set,
 which is how the README's images are made), launches backfills exactly as the UI does,
 waits for them, and checks partition status, per-partition check results, the run
-coordinator's tenant tags and that two runs of one tenant never overlapped.
+coordinator's tenant tags, that two runs of one tenant never overlapped, and that no more
+runs executed at once than ``features.max_parallel_tenants`` (2 runs for 3 tenants; the
+50-tenant version is the slow ``tests/test_load.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.browser import rendered_dom, screenshot
 from tests.dagster_dev import dagster_dev
@@ -28,8 +33,12 @@ ASSETS = [
     "emit_csv",
     "emit_prometheus",
 ]
-DATES = ["2026-03-05", "2026-03-06", "2026-03-07"]
-TENANTS = ["postgres-prod", "redis-cache"]
+# More dates than tenants: Dagster splits a backfill by its dimension with fewer keys.
+DATES = ["2026-03-04", "2026-03-05", "2026-03-06", "2026-03-07"]
+# A third tenant (a copy of redis-cache with its own store) so that the demo's
+# max_parallel_tenants: 2 is a real limit on the 3 tenants backfilled at once.
+TENANTS = ["postgres-prod", "redis-cache", "redis-cache-b"]
+MAX_PARALLEL_TENANTS = 2
 BACKFILL_TIMEOUT_S = 300
 
 PARTITION_STATS = """
@@ -59,14 +68,30 @@ def intervals(runs: list[dict[str, Any]], tenant: str) -> list[tuple[float, floa
     return sorted((r["startTime"], r["endTime"]) for r in chosen)
 
 
-def test_lineage_in_chromium_and_a_backfill_through_graphql(demo_config: Path, tmp_path: Path) -> None:
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """Most runs started and not yet ended at one instant (an end and a start at once don't overlap)."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def with_third_tenant(config: Path) -> None:
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert data["features"]["max_parallel_tenants"] == MAX_PARALLEL_TENANTS
     # Only the runs this test launches: no refresh tick may land in the middle of it.
-    demo_config.write_text(
-        demo_config.read_text(encoding="utf-8").replace(
-            "enable_periodic_refresh: true", "enable_periodic_refresh: false"
-        ),
-        encoding="utf-8",
-    )
+    data["features"]["enable_periodic_refresh"] = False
+    third = copy.deepcopy(data["tenants"]["redis-cache"])
+    third["tenant_id"] = "acme-redis-b"
+    third["storage"]["path"] = "data/redis-cache-b.duckdb"
+    data["tenants"]["redis-cache-b"] = third
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def test_lineage_in_chromium_and_a_backfill_through_graphql(demo_config: Path, tmp_path: Path) -> None:
+    with_third_tenant(demo_config)
     with dagster_dev(demo_config, tmp_path / "dagster_home") as dev:
         lineage_url = f"{dev.url}/assets/chargebacks?view=lineage&lineageScope=neighbors&lineageDepth=5"
         dom = rendered_dom(lineage_url)
@@ -95,6 +120,9 @@ def test_lineage_in_chromium_and_a_backfill_through_graphql(demo_config: Path, t
         # Same-tenant runs of the two backfills never overlapped.
         pg = intervals(first["runs"] + second["runs"], "postgres-prod")
         assert len(pg) == 2 and pg[0][1] <= pg[1][0], pg
+        # max_parallel_tenants: never more than 2 of the 4 runs (3 tenants) executing at once.
+        spans = [(r["startTime"], r["endTime"]) for r in first["runs"] + second["runs"]]
+        assert len(spans) == 4 and most_at_once(spans) <= MAX_PARALLEL_TENANTS, spans
 
         for asset in ASSETS:
             stats = dev.graphql(PARTITION_STATS, {"path": [asset]})["assetNodeOrError"]["partitionStats"]

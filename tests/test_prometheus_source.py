@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import quote_plus
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -621,6 +622,28 @@ def test_credentials_never_reach_messages_or_logs(
     for text in messages + logged:
         for secret in secrets:
             assert secret not in text
+
+
+@pytest.mark.outcome("secret-echoed-by-vendor")
+def test_an_echoed_credential_is_masked_before_the_body_is_cut(stub: StubPrometheus) -> None:
+    password = "pw/Zq81+secret=&long-enough"
+    header = base64.b64encode(f"svc:{password}".encode()).decode()
+    answers = {
+        "cut": Reply(401, "x" * 190 + password),  # the 200-character excerpt cuts the password
+        "cut-header": Reply(403, "y" * 185 + f"Basic {header}"),
+        "encoded": Reply(401, f"bad form: password={quote_plus(password)}"),
+        "not-json": Reply(200, "z" * 180 + password),  # quoted (and cut) by the parser's message
+        "error-body": Reply(200, json.dumps({"status": "error", "errorType": "auth", "error": password})),
+    }
+    stub.respond = lambda req: answers[req.param("query")]
+    source = source_for(stub.url, auth_type="basic", username="svc", password=SecretStr(password))
+    forms = (password, header, quote_plus(password), password[:10], header[:10])
+    for expression in answers:
+        with pytest.raises(MetricsQueryError) as caught:
+            source.query([MetricQuery("k", expression)], DAY, NEXT, HOUR)
+        text = str(caught.value)
+        assert "*****" in text, (expression, text)  # the mask (the cut may shorten it)
+        assert [form for form in forms if form in text] == [], (expression, text)
 
 
 def test_close_releases_the_client_and_the_source_still_works_after(stub: StubPrometheus) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chargeback_pipeline.errors import StorageError
+from chargeback_pipeline.errors import StorageError, TenantBusyError
 from chargeback_pipeline.storage import lock_path_for, open_tenant_db, tenant_lock
 from tests.test_storage_support import ECO, TENANT, day, hold_and_write, write_once
 
@@ -65,6 +65,27 @@ def test_waiting_is_logged_once_at_info(tmp_path: Path, caplog: pytest.LogCaptur
     assert waits[0].getMessage() == (
         f"tenant '{TENANT}': waiting for another run of this tenant to release {lock_path_for(db_path)}"
     )
+
+
+def test_zero_timeout_is_a_silent_try_lock(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The freshness check peeks every tenant's store: a busy one is skipped at once, unlogged."""
+    db_path = tmp_path / "acme.duckdb"
+    fd = os.open(lock_path_for(db_path), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run of the tenant holds it
+    try:
+        started = time.monotonic()
+        with (
+            caplog.at_level(logging.INFO, logger="chargeback_pipeline.storage.locking"),
+            pytest.raises(TenantBusyError),
+            tenant_lock(db_path, tenant_id=TENANT, timeout_s=0),
+        ):
+            pass
+        assert time.monotonic() - started < 0.2
+    finally:
+        os.close(fd)
+    assert [r.getMessage() for r in caplog.records] == []
+    with tenant_lock(db_path, tenant_id=TENANT, timeout_s=0) as path:  # free: taken at once
+        assert path == lock_path_for(db_path)
 
 
 def test_threads_of_one_process_are_serialised(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ core's fallbacks always apply.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import random
@@ -35,6 +34,7 @@ from chargeback_pipeline.metrics.parsing import (
     step_seconds,
 )
 from chargeback_pipeline.models import MetricQuery, MetricRow
+from chargeback_pipeline.redaction import Redactor
 from chargeback_pipeline.tls import default_tls_context
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class PrometheusSource:
         self._backoff_base = connection.backoff_base_seconds
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
-        # Credential spellings a misbehaving server might echo back; filled with the client.
-        self._secrets: tuple[str, ...] = ()
+        # Every spelling of the credentials a misbehaving server might echo back.
+        self._redactor = _redactor_for(connection)
 
     def __repr__(self) -> str:
         return f"PrometheusSource(url={self._connection.url!r}, auth_type={self._connection.auth_type!r})"
@@ -137,12 +137,19 @@ class PrometheusSource:
     def _checked(self, query: MetricQuery, expression: str, text: str) -> QueryResult:
         try:
             return check_body(text)
+        except (PrometheusErrorBody, InvalidResponse):
+            # The messages quote (and cut) the body: derive them again from the masked body,
+            # so a cut can never leave the start of an echoed credential behind.
+            masked = self._redactor.redact(text)
+        try:
+            check_body(masked)
         except PrometheusErrorBody as exc:
             raise MetricsQueryError(self._redact(str(exc)), query, None, expression) from None
         except InvalidResponse as exc:
             raise MetricsQueryError(
                 f"invalid response: {self._redact(str(exc))}", query, None, expression
             ) from None
+        raise MetricsQueryError("invalid response: (unreadable body)", query, None, expression)
 
     def _post_with_retries(
         self, query: MetricQuery, expression: str, endpoint: str, form: dict[str, str]
@@ -176,7 +183,7 @@ class PrometheusSource:
                 last_status, last_reason = status, f"HTTP {status}"
                 continue
             if status >= 400:
-                snippet = self._redact(response.text[:200])
+                snippet = self._redactor.excerpt(response.text, 200)
                 raise MetricsQueryError(f"HTTP {status}: {snippet}", query, status, expression)
             if status >= 300:
                 raise MetricsQueryError(
@@ -195,10 +202,10 @@ class PrometheusSource:
 
     def _redact(self, text: str) -> str:
         """Masks credentials in text that came from the server or the network stack."""
-        return _redact_secrets(text, self._secrets)
+        return self._redactor.redact(text)
 
     def _http(self) -> httpx.Client:
-        """The shared client, created on first use: the only place credentials are unwrapped."""
+        """The shared client, created on first use (only it and the redactor hold the credentials)."""
         with self._client_lock:
             if self._client is None:
                 conn = self._connection
@@ -208,12 +215,9 @@ class PrometheusSource:
                 if conn.auth_type == "basic" and conn.username and conn.password is not None:
                     password = conn.password.get_secret_value()
                     auth = httpx.BasicAuth(conn.username, password)
-                    token = base64.b64encode(f"{conn.username}:{password}".encode()).decode()
-                    self._secrets = (token, password)
                 elif conn.auth_type == "bearer" and conn.bearer_token is not None:
                     token = conn.bearer_token.get_secret_value()
                     headers["Authorization"] = f"Bearer {token}"
-                    self._secrets = (token,)
                 self._client = httpx.Client(
                     auth=auth,
                     headers=headers,
@@ -253,11 +257,13 @@ def _run_all(
     return [first, *rest]
 
 
-def _redact_secrets(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "**********")
-    return text
+def _redactor_for(connection: MetricsConnection) -> Redactor:
+    """A redactor for the connection's password (and its Basic header) or bearer token."""
+    if connection.auth_type == "basic" and connection.username and connection.password is not None:
+        return Redactor(basic_auth=[(connection.username, connection.password.get_secret_value())])
+    if connection.auth_type == "bearer" and connection.bearer_token is not None:
+        return Redactor([connection.bearer_token.get_secret_value()])
+    return Redactor()
 
 
 def _describe(exc: BaseException) -> str:

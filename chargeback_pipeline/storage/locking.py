@@ -50,7 +50,13 @@ class _Waiter:
         return self.deadline - time.monotonic()
 
     def note_waiting(self) -> None:
-        """Log the wait the first time, and give up once the deadline has passed."""
+        """Log the wait the first time, and give up once the deadline has passed.
+
+        A zero timeout is a try-lock: the caller handles "busy" itself (the freshness
+        check skips the store), so nothing waited and nothing is logged.
+        """
+        if self.timeout_s <= 0:
+            raise self.timeout_error()
         if not self.logged:
             log.info(
                 "tenant '%s': waiting for another run of this tenant to release %s",

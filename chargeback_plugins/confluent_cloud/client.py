@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from chargeback_pipeline.redaction import Redactor
 from chargeback_pipeline.tls import default_tls_context
 from chargeback_plugins.confluent_cloud.errors import CCloudApiError, CCloudConnectionError
 
@@ -100,7 +101,8 @@ class CCloudClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.base_url = base_url.rstrip("/")
-        self._secret = secret
+        # The secret and the Basic header's base64 of key:secret, in every spelling an echo may use.
+        self._redactor = Redactor(basic_auth=[(key, secret)])
         self._interval = request_interval_seconds
         self._max_attempts = max_attempts
         self._sleep = sleep
@@ -215,7 +217,7 @@ class CCloudClient:
                 try:
                     body = response.json()
                 except ValueError as exc:
-                    excerpt = self._redact(response.text[:BODY_EXCERPT])
+                    excerpt = self._redactor.excerpt(response.text, BODY_EXCERPT)
                     problem = f"GET {path}: body is not valid JSON ({exc}): {excerpt}"
                     if last:
                         attempts = self._max_attempts
@@ -227,7 +229,7 @@ class CCloudClient:
                 if b"\\ud" in response.content or b"\\uD" in response.content:
                     body = without_lone_surrogates(body)
                 return status, body
-            body = self._redact(response.text[:BODY_EXCERPT])
+            body = self._redactor.excerpt(response.text, BODY_EXCERPT)
             if status not in RETRIED_STATUS:
                 raise CCloudApiError(status, f"GET {path}: {body}")
             if last:
@@ -246,8 +248,8 @@ class CCloudClient:
         self._sleep(seconds * self._wait_scale)
 
     def _redact(self, text: str) -> str:
-        """Belt and braces: a server that echoes the secret back must not put it in our errors."""
-        return text.replace(self._secret, "**********") if self._secret else text
+        """Belt and braces: a server that echoes the credentials back must not put them in our errors."""
+        return self._redactor.redact(text)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
