@@ -130,8 +130,12 @@ tenants:
 
 def run_pipeline(
     run_dir: Path, config: Path, now: str
-) -> tuple[float, float, subprocess.CompletedProcess[str]]:
-    """``chargeback run`` in its own process: (wall seconds, peak RSS MiB, result)."""
+) -> tuple[float, float, tuple[float, float], subprocess.CompletedProcess[str]]:
+    """``chargeback run`` in its own process: (wall seconds, peak RSS MiB, (user, sys) CPU seconds, result).
+
+    CPU time is the stable measure on a shared machine: wall time grows with other jobs'
+    load, the process's own user + system time hardly does.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("CHARGEBACK_CONFIG", "CHARGEBACK_ENV_FILE")}
     env.update(
         CHARGEBACK_NOW=now,
@@ -152,7 +156,7 @@ def run_pipeline(
     returncode = os.waitstatus_to_exitcode(status)
     process.returncode = returncode
     result = subprocess.CompletedProcess(command, returncode, out_path.read_text(), err_path.read_text())
-    return wall, usage.ru_maxrss / 1024, result
+    return wall, usage.ru_maxrss / 1024, (usage.ru_utime, usage.ru_stime), result
 
 
 def phase_breakdown(run_dir: Path) -> dict[str, float]:
@@ -209,6 +213,12 @@ def verify(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _load_average() -> str:
+    """The 1/5/15-minute load, so a wall time can be read against what else was running."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / ".work", help="cache for data")
@@ -234,7 +244,7 @@ def main() -> int:
                 run_dir, server.url, prometheus.url if prometheus else None, manifest, args.throttle
             )
             print(f"running chargeback run for {len(manifest['billing_days'])} days ...", flush=True)
-            wall, rss, result = run_pipeline(run_dir, config, manifest["frozen_now"])
+            wall, rss, (user_s, sys_s), result = run_pipeline(run_dir, config, manifest["frozen_now"])
             api_requests = len(server.requests)
     finally:
         if prometheus is not None:
@@ -251,6 +261,8 @@ def main() -> int:
         f"{'0.1 s (--throttle)' if args.throttle else 'off'}; API requests served: {api_requests}"
     )
     print(f"  wall time        {wall:7.1f} s   (target ≤ {TARGET_WALL_S:.0f} s)")
+    print(f"  CPU time         {user_s + sys_s:7.1f} s   (user {user_s:.1f} s + sys {sys_s:.1f} s)")
+    print(f"  load average     {_load_average()}   (at the end of the run; 2 cores here)")
     print(f"  peak RSS         {rss:7.0f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB)")
     print("  phases (Dagster step time summed over all runs):")
     for step, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
