@@ -126,16 +126,34 @@ def _usage_digest(db: TenantDatabase, d: date) -> str:
 
 
 def _entities_digest(entities: list[Any]) -> str:
-    """Order-independent digest of entities, ignoring ``last_seen_at``."""
+    """Order-independent digest of entities, ignoring ``last_seen_at``.
+
+    Each entity is one sorted-keys JSON object of its fields. The fields are read
+    directly rather than through ``dataclasses.asdict``, whose deep copy of every
+    metadata mapping made this digest the most expensive part of a calculation (two
+    dates of a large organisation: ~13,000 entities). The text is the same: stored
+    metadata is plain JSON data, which a copy encodes exactly like the original.
+    """
+    encode = _DIGEST_ENCODER.encode
     parts = sorted(
-        json.dumps(
-            {k: _plain(v) for k, v in dataclasses.asdict(e).items() if k != "last_seen_at"},
-            sort_keys=True,
-            default=str,
-        )
-        for e in entities
+        encode({name: _plain(getattr(e, name)) for name in _digest_fields(type(e))}) for e in entities
     )
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+# What ``json.dumps(..., sort_keys=True, default=str)`` builds on every call, built once.
+_DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
+_DIGEST_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _digest_fields(kind: type) -> tuple[str, ...]:
+    names = _DIGEST_FIELDS.get(kind)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(kind) if f.name != "last_seen_at")
+        _DIGEST_FIELDS[kind] = names
+    return names
 
 
 def _plain(value: Any) -> Any:
