@@ -426,11 +426,18 @@ def _usage_groups(
 
 
 @collector_paused
-def calculate_chargebacks(session: TenantSession, d: date) -> dict[str, Any]:
-    """Allocate every billing line of ``d`` and commit the rows atomically (§7)."""
+def calculate_chargebacks(
+    session: TenantSession, d: date, lines: Sequence[BillingLineItem] | None = None
+) -> dict[str, Any]:
+    """Allocate every billing line of ``d`` and commit the rows atomically (§7).
+
+    ``lines``: the date's stored billing lines when the caller has just read them (the
+    recalculation check does), so a day of ~700 lines is not decoded twice.
+    """
     db = session.db
     _require_inventory(session, d)
-    lines = db.billing.find_by_date(d)
+    if lines is None:
+        lines = db.billing.find_by_date(d)
     usage = db.usage.load_date(d)
     calculation = calculate_date(session.runtime, db.read_view(), d, lines, usage, db.attempts, log)
     calculation_id = str(uuid.uuid4())
