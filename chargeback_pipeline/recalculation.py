@@ -49,8 +49,10 @@ def calculate_unless_unchanged(session: TenantSession, d: date, *, skip_unchange
                 kept["calculation_id"],
             )
             return {**kept, "recalculated": False}
-    metadata = steps.calculate_chargebacks(session, d, lines)
-    remember_inputs(session.db, d, fingerprint, metadata)
+    # The digest is stored in the transaction of the rows it describes.
+    metadata = steps.calculate_chargebacks(
+        session, d, lines, with_commit=lambda m: remember_inputs(session.db, d, fingerprint, m)
+    )
     return {**metadata, "recalculated": True}
 
 
