@@ -19,11 +19,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import operator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from chargeback_pipeline import steps
-from chargeback_pipeline.models import billing_window, day_start
+from chargeback_pipeline.models import BillingLineItem, billing_window, day_start
 from chargeback_pipeline.steps import TenantSession
 from chargeback_pipeline.storage import TenantDatabase
 
@@ -35,7 +37,8 @@ INPUTS_PREFIX = "calculation_inputs:"
 def calculate_unless_unchanged(session: TenantSession, d: date, *, skip_unchanged: bool) -> dict[str, Any]:
     """Calculate ``d`` (``steps.calculate_chargebacks``), or keep its current calculation
     when ``skip_unchanged`` and its inputs are exactly those it was calculated from."""
-    fingerprint = inputs_fingerprint(session, d)
+    lines = session.db.billing.find_by_date(d)  # read once: the digest and the calculation use it
+    fingerprint = inputs_fingerprint(session, d, lines)
     if skip_unchanged:
         kept = _unchanged_calculation(session, d, fingerprint)
         if kept is not None:
@@ -46,8 +49,10 @@ def calculate_unless_unchanged(session: TenantSession, d: date, *, skip_unchange
                 kept["calculation_id"],
             )
             return {**kept, "recalculated": False}
-    metadata = steps.calculate_chargebacks(session, d)
-    remember_inputs(session.db, d, fingerprint, metadata)
+    # The digest is stored in the transaction of the rows it describes.
+    metadata = steps.calculate_chargebacks(
+        session, d, lines, with_commit=lambda m: remember_inputs(session.db, d, fingerprint, m)
+    )
     return {**metadata, "recalculated": True}
 
 
@@ -55,10 +60,12 @@ def inputs_key(d: date) -> str:
     return f"{INPUTS_PREFIX}{d.isoformat()}"
 
 
-def inputs_fingerprint(session: TenantSession, d: date) -> str:
-    """Digest of every stored input the calculation of ``d`` depends on."""
+def inputs_fingerprint(session: TenantSession, d: date, lines: list[BillingLineItem] | None = None) -> str:
+    """Digest of every stored input the calculation of ``d`` depends on (``lines``: its
+    stored billing lines, when the caller has read them already)."""
     db = session.db
-    lines = db.billing.find_by_date(d)
+    if lines is None:
+        lines = db.billing.find_by_date(d)
     durations = session.runtime.granularity_durations
     windows = [billing_window(line, durations) for line in lines]
     start = min((w[0] for w in windows), default=day_start(d))
@@ -126,16 +133,46 @@ def _usage_digest(db: TenantDatabase, d: date) -> str:
 
 
 def _entities_digest(entities: list[Any]) -> str:
-    """Order-independent digest of entities, ignoring ``last_seen_at``."""
-    parts = sorted(
-        json.dumps(
-            {k: _plain(v) for k, v in dataclasses.asdict(e).items() if k != "last_seen_at"},
-            sort_keys=True,
-            default=str,
-        )
-        for e in entities
-    )
+    """Order-independent digest of entities, ignoring ``last_seen_at``.
+
+    Each entity is one sorted-keys JSON object of its fields, ``datetime`` fields in ISO
+    form. A calculation digests the few thousand resources and identities alive in its
+    windows, so each entity costs one C-level field read, one dict and one encode:
+    ``dataclasses.asdict`` (a deep copy of every metadata mapping) and a per-field
+    conversion call were the most expensive part of a calculation. The text is the
+    same as ``json.dumps({k: _plain(v) ...}, sort_keys=True, default=str)``: stored
+    metadata is plain JSON data, and only fields declared as datetimes hold datetimes.
+    """
+    encode = _DIGEST_ENCODER.encode
+    parts: list[str] = []
+    for e in entities:
+        names, read, stamps = _digest_fields(type(e))
+        fields = dict(zip(names, read(e), strict=True))
+        for name in stamps:
+            value = fields[name]
+            if isinstance(value, datetime):
+                fields[name] = value.isoformat()
+        parts.append(encode(fields))
+    parts.sort()
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+# What ``json.dumps(..., sort_keys=True, default=str)`` builds on every call, built once.
+_DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+_DigestFields = tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]
+_DIGEST_FIELDS: dict[type, _DigestFields] = {}
+
+
+def _digest_fields(kind: type) -> _DigestFields:
+    """Field names (without ``last_seen_at``), a reader of their values, the datetime fields."""
+    found = _DIGEST_FIELDS.get(kind)
+    if found is None:
+        fields = [f for f in dataclasses.fields(kind) if f.name != "last_seen_at"]
+        names = tuple(f.name for f in fields)
+        read = operator.attrgetter(*names) if len(names) > 1 else (lambda e: (getattr(e, names[0]),))
+        stamps = tuple(f.name for f in fields if "datetime" in str(f.type))
+        found = _DIGEST_FIELDS[kind] = (names, read, stamps)
+    return found
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,9 @@
 """``chargeback run``: materialise tenant × date partitions through the Dagster assets, in process.
 
+One run per tenant over its dates (a range run, as a ``single_run`` backfill makes);
+when it fails, the dates it did not complete are run one at a time so every failure is
+named against its date.
+
 Runs go to the persistent Dagster instance (``$DAGSTER_HOME``, or the current directory
 when it holds ``dagster.yaml``), so ``dagster dev`` shows them afterwards with their
 lineage, metadata and check results.
@@ -24,7 +28,8 @@ import dagster as dg
 from chargeback_pipeline import clock
 from chargeback_pipeline.config import LoadedConfig, TenantConfig, configure_logging, load_config
 from chargeback_pipeline.definitions import PIPELINE_JOB, build_definitions, resolve_config_path
-from chargeback_pipeline.defs.partitions import partition_key
+from chargeback_pipeline.defs.partitions import key_string, partition_key
+from chargeback_pipeline.defs.tags import RANGE_END_TAG, RANGE_START_TAG
 from chargeback_pipeline.errors import ChargebackError, DateOutOfRangeError
 
 # The run's events go to the instance (and the UI); the terminal gets our one-line progress.
@@ -41,6 +46,9 @@ class TenantTotals:
     unallocated: Decimal = Decimal(0)
     dates_ok: int = 0
     dates_failed: int = 0
+    failed_dates: list[date] = field(default_factory=list)
+    # Failures of a run whose every date completed (a step not tied to a date).
+    run_errors: list[str] = field(default_factory=list)
     files: set[str] = field(default_factory=set)
 
     @property
@@ -53,10 +61,11 @@ class TenantTotals:
 def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    verbose = bool(getattr(args, "verbose", False))
     try:
         config_path = Path(args.config).resolve() if args.config else resolve_config_path()
         loaded = load_config(config_path)
-        _configure_logging(loaded, verbose=getattr(args, "verbose", False))
+        _configure_logging(loaded, verbose=verbose)
         plan = _plan(loaded, args)
     except (ChargebackError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -69,15 +78,15 @@ def run(args: argparse.Namespace) -> int:
     totals = {tenant: TenantTotals() for tenant in plan}
     for tenant, dates in plan.items():
         print(f"tenant {tenant}: {len(dates)} date(s) {dates[0]} .. {dates[-1]}")
-        for d in dates:
-            _run_partition(job, instance, tenant, d, totals[tenant], verbose=getattr(args, "verbose", False))
+        _run_tenant(job, instance, tenant, dates, totals[tenant], verbose=verbose)
     _print_summary(totals)
-    if any(t.dates_failed for t in totals.values()) and not getattr(args, "verbose", False):
+    failed_dates = any(t.dates_failed or t.run_errors for t in totals.values())
+    if failed_dates and not verbose:
         print(
             "hint: re-run with -v for the failing steps' stack traces (also in the Dagster UI)",
             file=sys.stderr,
         )
-    failed = any(t.dates_failed for t in totals.values()) or (loaded.tenant_errors and not args.tenant)
+    failed = failed_dates or (loaded.tenant_errors and not args.tenant)
     return 1 if failed else 0
 
 
@@ -162,6 +171,119 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
+def _run_tenant(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    tenant: str,
+    dates: list[date],
+    totals: TenantTotals,
+    *,
+    verbose: bool = False,
+) -> None:
+    """One Dagster run per contiguous stretch of the tenant's dates; isolate failures per date.
+
+    A run over a range pays process-level costs once (plugin start-up, inventory gather,
+    one store session per step) instead of once per date. Its steps go date by date,
+    each date committed in its own transaction, but a step that fails for one date
+    skips every later step for *all* dates of the run. So when the range run fails, the
+    dates it did not take through every asset and blocking check are run again one
+    partition at a time: every date that can succeed does, and each failure is
+    reported against its own date, exactly as with one run per date.
+    """
+    for first, last in _contiguous_stretches(dates):
+        stretch = [d for d in dates if first <= d <= last]
+        started = time.monotonic()
+        result = _execute(job, instance, tenant, first, last, verbose=verbose)
+        elapsed = time.monotonic() - started
+        done = _completed_dates(job, result, tenant, stretch)
+        if result.success:
+            print(f"  one run over {len(stretch)} date(s): ok in {elapsed:.1f}s")
+        else:
+            retry = [d for d in stretch if d not in done]
+            failure = _first_failure(result)
+            print(f"  one run over {len(stretch)} date(s): FAILED after {elapsed:.1f}s: {failure}")
+            if retry:
+                print(f"  running the {len(retry)} date(s) it did not complete one at a time")
+            else:
+                # Every date went through every asset; what failed was not tied to a date.
+                totals.run_errors.append(failure)
+        for d in stretch:
+            if d in done:
+                _record_ok(d, done[d], totals, elapsed=None)
+        for d in stretch:
+            if d not in done:
+                _run_partition(job, instance, tenant, d, totals, verbose=verbose)
+
+
+def _contiguous_stretches(dates: list[date]) -> list[tuple[date, date]]:
+    """``[1, 2, 3, 5]`` → ``[(1, 3), (5, 5)]``: a range run covers consecutive dates only."""
+    stretches: list[tuple[date, date]] = []
+    for d in sorted(dates):
+        if stretches and d == stretches[-1][1] + timedelta(days=1):
+            stretches[-1] = (stretches[-1][0], d)
+        else:
+            stretches.append((d, d))
+    return stretches
+
+
+def _execute(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    tenant: str,
+    first: date,
+    last: date,
+    *,
+    verbose: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """A run over ``first`` .. ``last`` of one tenant, as a backfill with policy ``single_run`` makes.
+
+    ``execute_in_process`` takes a single ``partition_key`` only; a range is given with
+    the same run tags the backfill daemon sets.
+    """
+    tags = {"tenant": tenant}
+    run_config = VERBOSE_CONSOLE if verbose else QUIET_CONSOLE
+    if first == last:
+        return job.execute_in_process(
+            partition_key=partition_key(tenant, first),
+            instance=instance,
+            raise_on_error=False,
+            tags=tags,
+            run_config=run_config,
+        )
+    tags[RANGE_START_TAG] = key_string(tenant, first)
+    tags[RANGE_END_TAG] = key_string(tenant, last)
+    return job.execute_in_process(
+        instance=instance, raise_on_error=False, tags=tags, run_config=run_config
+    )
+
+
+def _completed_dates(
+    job: dg.JobDefinition, result: dg.ExecuteInProcessResult, tenant: str, dates: list[date]
+) -> dict[date, dict[str, dict[str, Any]]]:
+    """Dates the run took through every asset of the job with no failed blocking check.
+
+    Value: the materialisation metadata of that date, per asset name. A date missing an
+    asset's materialisation (its step failed or was skipped) or with a failed ERROR check
+    is not complete, whatever its other steps committed.
+    """
+    wanted = {key_string(tenant, d): d for d in dates}
+    required = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
+    metadata: dict[date, dict[str, dict[str, Any]]] = {d: {} for d in dates}
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        d = wanted.get(str(mat.partition)) if mat.partition is not None else None
+        if d is not None:
+            metadata[d][mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    blocked = {
+        wanted[str(evaluation.partition)]
+        for evaluation in result.get_asset_check_evaluations()
+        if not evaluation.passed
+        and evaluation.severity == dg.AssetCheckSeverity.ERROR
+        and str(evaluation.partition) in wanted
+    }
+    return {d: m for d, m in metadata.items() if d not in blocked and required <= m.keys()}
+
+
 def _run_partition(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
@@ -172,19 +294,20 @@ def _run_partition(
     verbose: bool = False,
 ) -> None:
     started = time.monotonic()
-    result = job.execute_in_process(
-        partition_key=partition_key(tenant, d),
-        instance=instance,
-        raise_on_error=False,
-        tags={"tenant": tenant},
-        run_config=VERBOSE_CONSOLE if verbose else QUIET_CONSOLE,
-    )
+    result = _execute(job, instance, tenant, d, d, verbose=verbose)
     elapsed = time.monotonic() - started
     if not result.success:
         totals.dates_failed += 1
+        totals.failed_dates.append(d)
         print(f"  {d}  FAILED after {elapsed:.1f}s: {_first_failure(result)}")
         return
-    metadata = _materialization_metadata(result)
+    _record_ok(d, _materialization_metadata(result), totals, elapsed=elapsed)
+
+
+def _record_ok(
+    d: date, metadata: dict[str, dict[str, Any]], totals: TenantTotals, *, elapsed: float | None
+) -> None:
+    """Add a completed date to the totals and print its line (time only for a one-date run)."""
     cb = metadata.get("chargebacks", {})
     billed, allocated = Decimal(cb.get("billed_total", "0")), Decimal(cb.get("allocated_total", "0"))
     unallocated = Decimal(cb.get("unallocated_total", "0"))
@@ -200,8 +323,9 @@ def _run_partition(
         if m.get(key)
     ]
     totals.files.update(files)
+    took = f" {elapsed:.1f}s" if elapsed is not None else ""
     print(
-        f"  {d}  ok {elapsed:.1f}s  lines {cb.get('line_count', 0)}  rows {cb.get('row_count', 0)}  "
+        f"  {d}  ok{took}  lines {cb.get('line_count', 0)}  rows {cb.get('row_count', 0)}  "
         f"billed {billed:.4f}  allocated {allocated:.4f}  UNALLOCATED {unallocated:.4f}"
     )
 
@@ -231,5 +355,9 @@ def _print_summary(totals: dict[str, TenantTotals]) -> None:
             f"  {tenant}: dates ok {t.dates_ok}, failed {t.dates_failed}; billed {t.billed:.4f}, "
             f"allocated {t.allocated:.4f}, UNALLOCATED {t.unallocated:.4f} ({t.unallocated_pct})"
         )
+        if t.failed_dates:
+            print(f"    failed dates: {', '.join(str(d) for d in t.failed_dates)}")
+        for error in t.run_errors:
+            print(f"    run failed after every date completed: {error}")
         for path in sorted(t.files):
             print(f"    wrote {path}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from tests.conftest import FROZEN_NOW
+from chargeback_pipeline.storage import open_tenant_db
+from tests.conftest import FROZEN_NOW, REPO
 
 PG_DAY_TOTAL = "38.1216"
 REDIS_DAY_TOTAL = "10.1880"
@@ -44,6 +47,8 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "tenant postgres-prod: 7 date(s) 2026-03-01 .. 2026-03-07" in out
+    # One Dagster run per tenant over its 7 dates, each date still reported on its own line.
+    assert out.count("  one run over 7 date(s): ok in ") == 3
     assert out.count(f"billed {PG_DAY_TOTAL}  allocated {PG_DAY_TOTAL}  UNALLOCATED 0.0000") == 7
     assert out.count(f"billed {REDIS_DAY_TOTAL}  allocated {REDIS_DAY_TOTAL}  UNALLOCATED 0.0000") == 7
     # 7 × 38.1216 and 7 × 10.1880
@@ -73,6 +78,12 @@ def test_demo_run_prints_progress_summary_and_writes_csvs(demo_config: Path) -> 
     ]
     # The runs went to the persistent instance in the working directory (dagster.yaml there).
     assert (demo_config.parent / "history" / "runs.db").exists()
+    with dg.DagsterInstance.from_config(str(demo_config.parent)) as instance:
+        runs = instance.get_runs()
+        assert sorted(r.tags["tenant"] for r in runs) == ["confluent-cloud", "postgres-prod", "redis-cache"]
+        assert {r.tags["dagster/asset_partition_range_end"] for r in runs} == {
+            f"2026-03-07|{t}" for t in ("confluent-cloud", "postgres-prod", "redis-cache")
+        }
 
     metrics_dir = demo_config.parent / "out" / "metrics"
     assert sorted(p.name for p in metrics_dir.iterdir()) == [
@@ -228,3 +239,66 @@ def test_two_processes_on_one_tenant_both_succeed(demo_config: Path) -> None:
     assert [first.returncode, second.returncode] == [0, 0], results
     for out, _ in results:
         assert out.count(f"billed {PG_DAY_TOTAL}  allocated {PG_DAY_TOTAL}") == 7
+
+
+def scripted_config(tmp_path: Path, fail_billing_dates: list[str]) -> Path:
+    """One tenant of the scripted fixture plugin whose billing export breaks on the given dates."""
+    (tmp_path / "plugins").mkdir()
+    shutil.copytree(
+        REPO / "tests" / "fixtures" / "plugins_ops" / "scripted", tmp_path / "plugins" / "scripted"
+    )
+    script = tmp_path / "inventory.json"
+    script.write_text(
+        '{"handlers": {"svc": {"types": ["service"], "bills": true, "identities": ["ann", "bob"]}}}', "utf-8"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+plugins_path: plugins
+tenants:
+  shop:
+    ecosystem: scripted
+    tenant_id: shop
+    lookback_days: 8
+    cutoff_days: 1
+    plugin_settings: {{script: {script}, fail_billing_dates: {fail_billing_dates}}}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def stored_dates(config: Path) -> list[str]:
+    with open_tenant_db(config.parent / "data" / "shop.duckdb", ecosystem="scripted", tenant_id="shop") as db:
+        return [str(d) for d in db.chargebacks.dates()]
+
+
+def test_a_date_failing_inside_the_range_run_is_named_and_every_other_date_completes(tmp_path: Path) -> None:
+    config = scripted_config(tmp_path, ["2026-03-04"])
+    done = chargeback("run", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    # The range run fails in its billing step (nothing downstream runs for any date) ...
+    assert "  one run over 7 date(s): FAILED after " in out
+    assert "billing gather failed for 1 date(s): 2026-03-04: RuntimeError: billing export unavailable" in out
+    assert "  running the 7 date(s) it did not complete one at a time" in out
+    # ... so each date runs alone: six complete, the broken one fails under its own date.
+    for day in ("01", "02", "03", "05", "06", "07"):
+        assert f"  2026-03-{day}  ok " in out
+    assert out.count("billed 12.0000  allocated 12.0000  UNALLOCATED 0.0000") == 6
+    assert "  2026-03-04  FAILED after " in out
+    failed_line = out.split("  2026-03-04  FAILED", 1)[1].splitlines()[0]
+    assert "billing export unavailable for 2026-03-04" in failed_line
+    assert "shop: dates ok 6, failed 1; billed 72.0000, allocated 72.0000" in out
+    assert "    failed dates: 2026-03-04\n" in out
+    assert stored_dates(config) == [f"2026-03-0{d}" for d in (1, 2, 3, 5, 6, 7)]
+
+    # The export is repaired: one run over the 7 dates, every date calculated.
+    config.write_text(config.read_text(encoding="utf-8").replace("['2026-03-04']", "[]"), encoding="utf-8")
+    again = chargeback("run", "--config", str(config), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "  one run over 7 date(s): ok in " in again.stdout
+    assert "running the" not in again.stdout
+    assert again.stdout.count("billed 12.0000  allocated 12.0000  UNALLOCATED 0.0000") == 7
+    assert "shop: dates ok 7, failed 0; billed 84.0000, allocated 84.0000" in again.stdout
+    assert stored_dates(config) == [f"2026-03-0{d}" for d in range(1, 8)]
