@@ -252,9 +252,7 @@ def _execute(
         )
     tags[RANGE_START_TAG] = key_string(tenant, first)
     tags[RANGE_END_TAG] = key_string(tenant, last)
-    return job.execute_in_process(
-        instance=instance, raise_on_error=False, tags=tags, run_config=run_config
-    )
+    return job.execute_in_process(instance=instance, raise_on_error=False, tags=tags, run_config=run_config)
 
 
 def _completed_dates(

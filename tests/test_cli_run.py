@@ -280,7 +280,10 @@ def test_a_date_failing_inside_the_range_run_is_named_and_every_other_date_compl
     out = done.stdout
     # The range run fails in its billing step (nothing downstream runs for any date) ...
     assert "  one run over 7 date(s): FAILED after " in out
-    assert "billing gather failed for 1 date(s): 2026-03-04: RuntimeError: billing export unavailable" in out
+    assert (
+        "billing gather failed for 1 date(s): 2026-03-04: PluginCallError: tenant 'shop': "
+        "plugin 'scripted' cost input gather() raised RuntimeError: billing export unavailable"
+    ) in out
     assert "  running the 7 date(s) it did not complete one at a time" in out
     # ... so each date runs alone: six complete, the broken one fails under its own date.
     for day in ("01", "02", "03", "05", "06", "07"):
