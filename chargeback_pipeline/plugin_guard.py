@@ -4,11 +4,12 @@ A plugin's own exception ("KeyError: 'id'", "RuntimeError: vendor API unavailabl
 nothing about where it came from; in a deployment with several tenants and plugins the
 operator must see at once which tenant's run failed and in which plugin method. The
 runtime wraps every object a plugin hands to the core in a :class:`Guarded` proxy (and
-every allocator in a :class:`GuardedCallable`); a method that raises becomes a
-:class:`PluginCallError` with the original exception as its cause. The core's handling
-is unchanged: it catches ``Exception`` wherever it tolerates a plugin failure (a failed
-handler gather, a failed usage query, a failed line allocation), so only the message
-gains its context.
+every allocator in a :class:`GuardedCallable`); a method that raises an unexpected
+exception becomes a :class:`PluginCallError` with the original as its cause (the
+plugin's own ``ChargebackError`` subclasses pass through: they already say what
+failed). The core's handling is unchanged: it catches ``Exception`` wherever it
+tolerates a plugin failure (a failed handler gather, a failed usage query, a failed
+line allocation), so only the message gains its context.
 """
 
 from __future__ import annotations
@@ -32,10 +33,18 @@ def call_error(where: str, method: str, exc: BaseException) -> PluginCallError:
 
 
 def guarded_call(where: str, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with any exception re-raised as a :class:`PluginCallError`."""
+    """``fn(*args, **kwargs)`` with an unexpected exception re-raised as a :class:`PluginCallError`.
+
+    A ``ChargebackError`` (``MetricsQueryError``, a vendor client's API error, an
+    ``AllocationError``) is the plugin's deliberate, documented report and already says
+    what failed (the query, the endpoint, the line); it passes through unchanged, so its
+    documented text stays as it is and the step adds the tenant. Anything else — a bare
+    ``RuntimeError``, a ``KeyError`` from a bug — says nothing about where it came from
+    and is wrapped.
+    """
     try:
         return fn(*args, **kwargs)
-    except PluginCallError:
+    except ChargebackError:
         raise
     except Exception as exc:
         raise call_error(where, method, exc) from exc
@@ -45,7 +54,7 @@ def _guarded_iteration(where: str, method: str, items: Iterator[Any]) -> Iterato
     """Items of a plugin generator; an exception raised while iterating is named too."""
     try:
         yield from items
-    except PluginCallError:
+    except ChargebackError:
         raise
     except Exception as exc:
         raise call_error(where, method, exc) from exc
