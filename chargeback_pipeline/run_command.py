@@ -342,7 +342,12 @@ def _first_failure(result: dg.ExecuteInProcessResult) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
                 error = error.cause
-            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+            first_line = error.message.strip().splitlines()[0]
+            # Dagster spells errors of non-builtin classes with their module path.
+            module, _, rest = first_line.partition(f"{error.cls_name}: ")
+            if rest and module.endswith(".") and " " not in module:
+                first_line = f"{error.cls_name}: {rest}"
+            return f"{event.step_key}: {first_line}"
     return "run failed (see the Dagster UI for the event log)"
 
 
