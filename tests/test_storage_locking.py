@@ -141,7 +141,15 @@ def test_two_processes_write_one_tenant_both_succeed_other_tenant_not_blocked(tm
         acme = str(tmp_path / "acme.duckdb")
         globex = str(tmp_path / "globex.duckdb")
         holder = ctx.Process(
-            target=hold_and_write, args=(acme, "acme", day(0), 3.0, {"acquired": acquired, "times": times})
+            target=hold_and_write,
+            args=(
+                acme,
+                "acme",
+                day(0),
+                0.5,
+                {"acquired": acquired, "times": times},
+                ("waiter_started", "other_done"),
+            ),
         )
         holder.start()
         assert acquired.wait(60), "holder never acquired the lock"

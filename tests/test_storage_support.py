@@ -96,12 +96,27 @@ def env_line(total: str, env_id: str, **kwargs: Any) -> EnvLine:
 # --- multi-process workers --------------------------------------------------------------
 
 
-def hold_and_write(db_path: str, tenant_id: str, d: date, hold_s: float, events: dict[str, Any]) -> None:
-    """Open the tenant, signal, keep the lock ``hold_s`` seconds, write one billing line."""
+def hold_and_write(
+    db_path: str,
+    tenant_id: str,
+    d: date,
+    hold_s: float,
+    events: dict[str, Any],
+    wait_for: tuple[str, ...] = (),
+) -> None:
+    """Open the tenant, signal, keep the lock, write one billing line.
+
+    The lock is kept until every ``wait_for`` key is in ``events["times"]`` (other
+    processes reached that point; at most 60 s), then ``hold_s`` seconds more: ordering
+    by events, not by guessing how long a spawned process takes on a loaded machine.
+    """
     started = time.time()
     with open_tenant_db(Path(db_path), ecosystem=ECO, tenant_id=tenant_id, lock_timeout_s=60) as db:
         events["acquired"].set()
         events["times"]["holder_acquired"] = time.time()
+        deadline = time.monotonic() + 60
+        while any(key not in events["times"] for key in wait_for) and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(hold_s)
         db.billing.replace_date(d, [line("1.0000", ts=datetime.combine(d, datetime.min.time(), UTC))])
         events["times"]["holder_released"] = time.time()
