@@ -508,6 +508,19 @@ def test_the_cache_is_an_lru_with_a_time_to_live() -> None:
     assert len(cache) == 0
 
 
+def test_the_cache_keeps_its_texts_within_a_size_budget() -> None:
+    cache = ResponseCache(max_entries=10, ttl_seconds=3600, max_chars=10)
+    cache.put("a", "aaaa")
+    cache.put("b", "bbbb")
+    cache.put("c", "cccc")  # 12 chars: a goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, "bbbb", "cccc")
+    cache.put("b", "bb")  # replacing counts the new text only
+    cache.put("d", "dddd")
+    assert (cache.get("b"), cache.get("c"), cache.get("d")) == ("bb", "cccc", "dddd")
+    cache.put("huge", "x" * 11)  # larger than the whole budget: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 3
+
+
 # --- concurrency -----------------------------------------------------------------------
 
 
