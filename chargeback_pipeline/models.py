@@ -146,6 +146,12 @@ class IdentitySet:
     def get(self, identity_id: str) -> Identity | None:
         return self._items.get(identity_id)
 
+    def copy(self) -> IdentitySet:
+        """A new set with the same identities in the same order (one dict copy, no re-adding)."""
+        copied = IdentitySet()
+        copied._items = dict(self._items)
+        return copied
+
     def ids(self) -> frozenset[str]:
         return frozenset(self._items)
 
