@@ -146,6 +146,12 @@ class IdentitySet:
     def get(self, identity_id: str) -> Identity | None:
         return self._items.get(identity_id)
 
+    def copy(self) -> IdentitySet:
+        """A new set with the same identities in the same order (one dict copy, no re-adding)."""
+        copied = IdentitySet()
+        copied._items = dict(self._items)
+        return copied
+
     def ids(self) -> frozenset[str]:
         return frozenset(self._items)
 
@@ -191,6 +197,12 @@ class MetricQuery:
     resource_label: str | None = None
     query_mode: Literal["range", "instant"] = "range"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # True when the expression computes every output series from one resource's series
+    # and keeps ``resource_label`` on it (e.g. ``sum by (kafka_id, …) (x{})``): a source
+    # may then ask once for many resources (``{kafka_id=~"a|b|…"}``) and split the answer
+    # by that label, with the same rows as one query per resource. Off by default: an
+    # expression that compares resources (``topk``, a ratio to a total) must not be batched.
+    batch_by_resource: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,25 @@ class MetricsSource(Protocol):
 
 
 @runtime_checkable
+class ResourceBatchingMetricsSource(MetricsSource, Protocol):
+    """A source that answers one window for many resources at once.
+
+    ``query_resources(groups, …)[r]`` must equal ``query(groups[r], …, resource_id_filter=r)``
+    — the rows, or the exception that call would raise — for every resource ``r``; the
+    source may ask fewer questions to get there (a day of a large organisation is
+    ~100 resources × the same few queries). The core uses it when a source offers it.
+    """
+
+    def query_resources(
+        self,
+        groups: Mapping[str, Sequence[MetricQuery]],
+        start: datetime,
+        end: datetime,
+        step: timedelta,
+    ) -> dict[str, dict[str, list[MetricRow]] | Exception]: ...
+
+
+@runtime_checkable
 class StorageModule(Protocol):
     """Plugin-supplied tables and repositories (e.g. billing keyed with ``env_id``)."""
 

@@ -50,7 +50,7 @@ HANDLER_METHODS = frozenset(
 )
 ALLOCATORS = frozenset({"get_allocator"})
 COST_INPUT_METHODS = frozenset({"gather", "cost_types_without_data"})
-METRICS_SOURCE_METHODS = frozenset({"query"})
+METRICS_SOURCE_METHODS = frozenset({"query", "query_resources"})
 STORAGE_MODULE_METHODS = frozenset(
     {
         "register_tables",

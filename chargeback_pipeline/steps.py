@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -23,12 +23,13 @@ from chargeback_pipeline.config import TenantConfig
 from chargeback_pipeline.models import (
     BillingLineItem,
     MetricQuery,
+    MetricRow,
     billing_window,
     day_start,
     require_utc,
 )
 from chargeback_pipeline.plugin_guard import plugin_type_name
-from chargeback_pipeline.protocols import ReportsCostGaps
+from chargeback_pipeline.protocols import MetricsSource, ReportsCostGaps, ResourceBatchingMetricsSource
 from chargeback_pipeline.runtime import TenantRuntime
 from chargeback_pipeline.storage import TenantDatabase
 from chargeback_pipeline.storage.codec import collector_paused
@@ -380,15 +381,12 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     if source is not None and groups:
         step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
         workers = max(1, min(session.config.metrics_prefetch_workers, len(groups)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {
-                key: pool.submit(source.query, queries, key[1], key[2], step, key[0])
-                for key, queries in groups.items()
-            }
-        for key, future in sorted(futures.items()):
-            try:
-                results[key] = UsageGroup(rows=future.result(), fetch_failed=False)
-            except Exception as exc:
+        outcomes = _fetch_groups(source, groups, step, workers)
+        for key, outcome in sorted(outcomes.items()):
+            if not isinstance(outcome, Exception):
+                results[key] = UsageGroup(rows=outcome, fetch_failed=False)
+            else:
+                exc = outcome
                 # A MetricsQueryError names the query key, the expression and the reason,
                 # never a credential; the tenant and the group are added here.
                 failure = f"{key[0]} [{key[1].isoformat()}, {key[2].isoformat()}): {_describe(exc)}"
@@ -415,6 +413,50 @@ def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
         "metric_rows": rows,
         "metrics_source": plugin_type_name(source) if source is not None else "none",
     }
+
+
+def _fetch_groups(
+    source: MetricsSource,
+    groups: Mapping[UsageKey, Sequence[MetricQuery]],
+    step: timedelta,
+    workers: int,
+) -> dict[UsageKey, dict[str, list[MetricRow]] | Exception]:
+    """Each group's rows, or the exception its fetch raised.
+
+    A source that answers many resources at once (``ResourceBatchingMetricsSource``) is
+    given one call per window, so it can ask each metric once for all the window's
+    resources instead of once per resource; any other source one call per group.
+    """
+    outcomes: dict[UsageKey, dict[str, list[MetricRow]] | Exception] = {}
+    if isinstance(source, ResourceBatchingMetricsSource):
+        windows: dict[tuple[datetime, datetime], dict[str, Sequence[MetricQuery]]] = {}
+        for (rid, start, end), queries in groups.items():
+            windows.setdefault((start, end), {})[rid] = queries
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(windows)))) as pool:
+            batched = {
+                window: pool.submit(source.query_resources, by_resource, window[0], window[1], step)
+                for window, by_resource in windows.items()
+            }
+        for (start, end), window_future in batched.items():
+            answers: Mapping[str, dict[str, list[MetricRow]] | Exception]
+            try:
+                answers = window_future.result()
+            except Exception as exc:
+                answers = dict.fromkeys(windows[start, end], exc)
+            for rid, answer in answers.items():
+                outcomes[rid, start, end] = answer
+        return outcomes
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            key: pool.submit(source.query, queries, key[1], key[2], step, key[0])
+            for key, queries in groups.items()
+        }
+    for key, future in futures.items():
+        try:
+            outcomes[key] = future.result()
+        except Exception as exc:
+            outcomes[key] = exc
+    return outcomes
 
 
 def _usage_groups(

@@ -509,6 +509,19 @@ def test_the_cache_is_an_lru_with_a_time_to_live() -> None:
     assert len(cache) == 0
 
 
+def test_the_cache_keeps_its_texts_within_a_size_budget() -> None:
+    cache = ResponseCache(max_entries=10, ttl_seconds=3600, max_chars=10)
+    cache.put("a", "aaaa")
+    cache.put("b", "bbbb")
+    cache.put("c", "cccc")  # 12 chars: a goes
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, "bbbb", "cccc")
+    cache.put("b", "bb")  # replacing counts the new text only
+    cache.put("d", "dddd")
+    assert (cache.get("b"), cache.get("c"), cache.get("d")) == ("bb", "cccc", "dddd")
+    cache.put("huge", "x" * 11)  # larger than the whole budget: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 3
+
+
 # --- concurrency -----------------------------------------------------------------------
 
 
@@ -653,3 +666,85 @@ def test_close_releases_the_client_and_the_source_still_works_after(stub: StubPr
     source.close()
     source.query([MetricQuery("again", "sum(y)")], DAY, NEXT, HOUR)
     assert len(stub.requests) == 2
+
+
+# --- many resources in one question ----------------------------------------------------
+
+PER_CLUSTER = MetricQuery(
+    key="bytes",
+    query_expression="sum by (kafka_id, principal_id) (b{})",
+    label_keys=("kafka_id", "principal_id"),
+    resource_label="kafka_id",
+    batch_by_resource=True,
+)
+
+
+def test_a_batchable_query_is_asked_once_for_all_resources_and_split(stub: StubPrometheus) -> None:
+    stub.respond = lambda req: matrix(
+        ({"kafka_id": "lkc-2", "principal_id": "sa-1"}, hours(2, "3")),
+        ({"kafka_id": "lkc-1", "principal_id": "sa-9"}, hours(1, "5")),
+    )
+    source = source_for(stub.url)
+    answers = source.query_resources(
+        {"lkc-1": [PER_CLUSTER], "lkc-2": [PER_CLUSTER], "lkc.3": [PER_CLUSTER]}, DAY, NEXT, HOUR
+    )
+    (req,) = stub.requests
+    assert req.param("query") == 'sum by (kafka_id, principal_id) (b{kafka_id=~"lkc-1|lkc-2|lkc\\\\.3"})'
+    assert answers == {
+        "lkc-1": {
+            "bytes": [MetricRow(DAY, "bytes", Decimal(5), {"kafka_id": "lkc-1", "principal_id": "sa-9"})]
+        },
+        "lkc-2": {
+            "bytes": [
+                MetricRow(DAY + i * HOUR, "bytes", Decimal(3), {"kafka_id": "lkc-2", "principal_id": "sa-1"})
+                for i in range(2)
+            ]
+        },
+        "lkc.3": {"bytes": []},
+    }
+
+
+def test_an_answer_that_mixes_resources_is_asked_again_per_resource(stub: StubPrometheus) -> None:
+    def respond(req: Received) -> Reply:
+        if "=~" in req.param("query"):
+            return matrix(({"principal_id": "sa-1"}, hours(1)))  # kafka_id aggregated away
+        return matrix(({"kafka_id": req.param("query").split('"')[1], "principal_id": "sa-1"}, hours(1)))
+
+    stub.respond = respond
+    answers = source_for(stub.url).query_resources(
+        {"lkc-1": [PER_CLUSTER], "lkc-2": [PER_CLUSTER]}, DAY, NEXT, HOUR
+    )
+    assert len(stub.requests) == 3
+    assert answers == {
+        rid: {"bytes": [MetricRow(DAY, "bytes", Decimal(1), {"kafka_id": rid, "principal_id": "sa-1"})]}
+        for rid in ("lkc-1", "lkc-2")
+    }
+
+
+def test_a_failed_batch_gives_each_resource_its_own_outcome(stub: StubPrometheus) -> None:
+    def respond(req: Received) -> Reply:
+        query = req.param("query")
+        if "=~" in query or "lkc-bad" in query:
+            return Reply(status=400, body='{"status":"error","errorType":"bad_data","error":"nope"}')
+        return matrix()
+
+    stub.respond = respond
+    unbatched = MetricQuery(key="other", query_expression="sum(o{})", resource_label="kafka_id")
+    answers = source_for(stub.url).query_resources(
+        {"lkc-ok": [PER_CLUSTER, unbatched], "lkc-bad": [PER_CLUSTER, unbatched]}, DAY, NEXT, HOUR
+    )
+    assert answers["lkc-ok"] == {"bytes": [], "other": []}
+    failure = answers["lkc-bad"]
+    assert isinstance(failure, MetricsQueryError)
+    assert 'kafka_id="lkc-bad"' in str(failure.expression)
+    # One batch, then per resource: two batchable and two plain queries.
+    assert len(stub.requests) == 5
+
+
+def test_queries_without_batch_by_resource_are_asked_per_resource(stub: StubPrometheus) -> None:
+    plain = dataclasses.replace(PER_CLUSTER, batch_by_resource=False)
+    source_for(stub.url).query_resources({"lkc-1": [plain], "lkc-2": [plain]}, DAY, NEXT, HOUR)
+    assert sorted(r.param("query") for r in stub.requests) == [
+        'sum by (kafka_id, principal_id) (b{kafka_id="lkc-1"})',
+        'sum by (kafka_id, principal_id) (b{kafka_id="lkc-2"})',
+    ]

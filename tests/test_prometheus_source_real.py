@@ -180,3 +180,29 @@ def test_a_stopped_server_fails_uncached_queries_and_recovers_on_restart(tmp_pat
         server.start()
         assert [r.value for r in source.query([other], DAY, NEXT, HOUR)["db_max"]] == expected
     source.close()
+
+
+def test_batched_resources_give_the_rows_of_one_query_per_resource(
+    sample_prometheus: PrometheusServer, log_size_series: list[tuple[dict[str, str], dict[int, Decimal]]]
+) -> None:
+    topics = sorted({labels["topic"] for labels, _ in log_size_series})
+    batched = MetricQuery(
+        key="per_topic",
+        query_expression=f"sum by (topic, job) ({LOG_SIZE}{{}})",
+        label_keys=("topic", "job"),
+        resource_label="topic",
+        batch_by_resource=True,
+    )
+    plain = MetricQuery(key="total", query_expression=f"sum({LOG_SIZE}{{}})", resource_label="topic")
+    # Ids with regex metacharacters and quotes select nothing, and must not break the batch.
+    resources = [*topics, 'no"such', "a.b|c*"]
+    source = source_for(sample_prometheus.url)
+    groups = {rid: [batched, plain] for rid in resources}
+    answers = source.query_resources(groups, DAY, NEXT, HOUR)
+    clear_response_cache()
+    expected = {
+        rid: source.query([batched, plain], DAY, NEXT, HOUR, resource_id_filter=rid) for rid in resources
+    }
+    assert answers == expected
+    assert all(answers[t]["per_topic"] for t in topics)  # type: ignore[index]
+    assert answers['no"such'] == {"per_topic": [], "total": []}

@@ -14,6 +14,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 MAX_ENTRIES = 512
+# Batched answers (one question for all of a window's clusters) run to ~1 MB each: the
+# entry count alone would let a 30-day run keep hundreds of MB of text alive (a 32 Mi
+# budget still cost the 30-day benchmark 35 MiB of peak RSS; 8 Mi keeps a few days).
+MAX_CHARS = 8 * 1024 * 1024
 TTL_SECONDS = 3600.0
 
 
@@ -25,8 +29,11 @@ class ResponseCache:
         max_entries: int = MAX_ENTRIES,
         ttl_seconds: float = TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        max_chars: int = MAX_CHARS,
     ) -> None:
         self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._chars = 0
         self._ttl = ttl_seconds
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, str]] = OrderedDict()
@@ -40,20 +47,29 @@ class ResponseCache:
             stored_at, text = entry
             if self._clock() - stored_at >= self._ttl:
                 del self._entries[key]
+                self._chars -= len(text)
                 return None
             self._entries.move_to_end(key)
             return text
 
     def put(self, key: Hashable, text: str) -> None:
+        """Stores ``text`` (unless it alone exceeds the size budget), evicting the oldest."""
         with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._chars -= len(old[1])
+            if len(text) > self._max_chars:
+                return
             self._entries[key] = (self._clock(), text)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            self._chars += len(text)
+            while len(self._entries) > self._max_entries or self._chars > self._max_chars:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._chars -= len(evicted)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._chars = 0
 
     def __len__(self) -> int:
         with self._lock:

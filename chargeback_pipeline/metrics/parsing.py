@@ -68,6 +68,55 @@ def inject_resource_filter(query: MetricQuery, resource_id_filter: str | None) -
     return text.replace("{}", matcher, 1)
 
 
+# RE2 metacharacters: escaped so a resource id is matched literally inside ``=~``.
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def regex_literal(value: str) -> str:
+    """``value`` as an RE2 pattern that matches exactly that text."""
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in value)
+
+
+def batch_expression(query: MetricQuery, resource_ids: Sequence[str]) -> str | None:
+    """The expression asking for all of ``resource_ids`` at once, or None when it cannot.
+
+    The ``{}`` placeholder becomes ``{label=~"id1|id2|…"}``: Prometheus anchors the
+    pattern, so it selects exactly the series the per-resource ``{label="idN"}`` queries
+    select together. Only for queries that declare ``batch_by_resource`` (their output
+    series each come from one resource and carry its label) and non-empty ids (an empty
+    alternative would also match series without the label).
+    """
+    label = query.resource_label
+    text = query.query_expression
+    if not query.batch_by_resource or label is None or "{}" not in text:
+        return None
+    if not resource_ids or any(not rid for rid in resource_ids):
+        return None
+    pattern = "|".join(regex_literal(rid) for rid in resource_ids)
+    return text.replace("{}", f'{{{label}=~"{escape_label_value(pattern)}"}}', 1)
+
+
+def split_by_resource(
+    result: QueryResult, label: str, resource_ids: Sequence[str]
+) -> dict[str, list[Mapping[str, Any]]] | None:
+    """A batched answer's series per resource (in answer order), or None if one cannot be placed.
+
+    Every series must carry ``label`` with one of the asked ids; anything else (a scalar,
+    a series whose label was aggregated away) means the expression did not keep the
+    resources apart, and the caller asks per resource instead.
+    """
+    if isinstance(result, tuple):
+        return None
+    parts: dict[str, list[Mapping[str, Any]]] = {rid: [] for rid in resource_ids}
+    for series in result:
+        value = series.get("metric", {}).get(label)
+        part = parts.get(value) if isinstance(value, str) else None
+        if part is None:
+            return None
+        part.append(series)
+    return parts
+
+
 def check_body(text: str) -> QueryResult:
     """Validate a body and return its ``data.result``.
 

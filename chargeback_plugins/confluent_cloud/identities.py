@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -151,6 +151,9 @@ class Candidates:
     tenant_id: str
     identities: IdentitySet
     keys_by_resource: dict[str, list[Identity]]
+    # Owners of each resource's API keys, filled on first use: every line of a cluster and
+    # window asks the same question (~80 keys a cluster, ~220 Kafka lines a day).
+    _owners: dict[str, IdentitySet] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, tenant_id: str, identities: IdentitySet) -> Candidates:
@@ -165,6 +168,18 @@ class Candidates:
     def lookup(self, identity_id: str) -> Identity:
         """The candidate with this id, else a sentinel built from the id."""
         return self.identities.get(identity_id) or sentinel_from_id(self.tenant_id, identity_id)
+
+    def key_owners(self, resource_id: str) -> IdentitySet:
+        """The owners of the API keys scoped to ``resource_id`` (§7.1 step 2), a fresh copy."""
+        owners = self._owners.get(resource_id)
+        if owners is None:
+            owners = IdentitySet()
+            for key in self.keys_by_resource.get(resource_id, ()):
+                owner_id = key.metadata.get("owner_id")
+                if isinstance(owner_id, str) and owner_id:
+                    owners.add(self.lookup(owner_id))
+            self._owners[resource_id] = owners
+        return owners.copy()
 
 
 class CandidateCache:
@@ -205,11 +220,7 @@ def resolve_by_api_keys_and_metrics(
     principals: PrincipalCache | None = None,
 ) -> IdentityResolution:
     """Kafka / Schema Registry resolution (§7.1 steps 2–4)."""
-    resource_active = IdentitySet()
-    for key in candidates.keys_by_resource.get(resource_id, ()):
-        owner_id = key.metadata.get("owner_id")
-        if isinstance(owner_id, str) and owner_id:
-            resource_active.add(candidates.lookup(owner_id))
+    resource_active = candidates.key_owners(resource_id)
     if principals is None:
         metrics_derived, api_key_to_owner = metrics_identities(candidates, metrics_data)
     else:

@@ -23,18 +23,21 @@ BYTES_IN_QUERY = MetricQuery(
     query_expression="sum by (kafka_id, principal_id) (confluent_kafka_server_request_bytes{})",
     label_keys=KAFKA_LABELS,
     resource_label="kafka_id",
+    batch_by_resource=True,
 )
 BYTES_OUT_QUERY = MetricQuery(
     key=BYTES_OUT,
     query_expression="sum by (kafka_id, principal_id) (confluent_kafka_server_response_bytes{})",
     label_keys=KAFKA_LABELS,
     resource_label="kafka_id",
+    batch_by_resource=True,
 )
 FLINK_PRIMARY_QUERY = MetricQuery(
     key=FLINK_CFU_PRIMARY,
     query_expression="sum by (compute_pool_id, flink_statement_name)(confluent_flink_num_cfu{})",
     label_keys=FLINK_LABELS,
     resource_label="compute_pool_id",
+    batch_by_resource=True,
 )
 FLINK_FALLBACK_QUERY = MetricQuery(
     key=FLINK_CFU_FALLBACK,
@@ -44,6 +47,7 @@ FLINK_FALLBACK_QUERY = MetricQuery(
     ),
     label_keys=FLINK_LABELS,
     resource_label="compute_pool_id",
+    batch_by_resource=True,
 )
 
 QUERIES_BY_PRODUCT_TYPE: dict[str, list[MetricQuery]] = {
