@@ -383,6 +383,23 @@ def _lock_events(dev: DagsterDev, runs: list[dict[str, Any]]) -> tuple[list[str]
     return waits, failures
 
 
+def _settled_partition_stats(
+    dev: DagsterDev, asset: str, expected: int, wait_s: float = 120.0
+) -> dict[str, Any]:
+    """The asset's partition stats once they count ``expected`` partitions (or after ``wait_s``).
+
+    Under load the UI's partition status of the last run's final step was once seen a few
+    seconds behind the run's SUCCESS (the event log held every materialisation when read
+    again); the stats are re-read until they settle rather than sampled once.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats: dict[str, Any] = dev.graphql(STATS, {"path": [asset]})["assetNodeOrError"]["partitionStats"]
+        if stats["numMaterialized"] >= expected or stats["numFailed"] or time.monotonic() > deadline:
+            return stats
+        time.sleep(2.0)
+
+
 def _verify_dagster(dev: DagsterDev, report: LoadReport, tenants: int, days: int) -> None:
     n = tenants * days
     if report.backfill_statuses != ["COMPLETED_SUCCESS"]:
@@ -398,7 +415,7 @@ def _verify_dagster(dev: DagsterDev, report: LoadReport, tenants: int, days: int
     if report.lock_failures:
         report.problems.append(f"lock failures: {report.lock_failures[:3]}")
     for asset in ASSETS:
-        stats = dev.graphql(STATS, {"path": [asset]})["assetNodeOrError"]["partitionStats"]
+        stats = _settled_partition_stats(dev, asset, n)
         if stats["numMaterialized"] != n or stats["numFailed"]:
             report.problems.append(f"{asset}: {stats}")
     for asset in ONCE_ASSETS:

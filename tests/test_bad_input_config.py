@@ -229,6 +229,9 @@ def assert_clean_failure(code: int, output: str, config: Path, tenant: str | Non
 
 
 def check_mutation(workdir: Path, doc: dict[str, Any], path: KeyPath, *, run_valid: bool) -> None:
+    # Each example starts from an empty work directory, whatever an earlier one left.
+    for leftover in written(workdir):
+        (workdir / leftover).unlink()
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     tenant = str(path[1]) if len(path) > 1 and path[0] == "tenants" else None

@@ -422,7 +422,9 @@ def test_secrets_never_appear_in_outputs_logs_storage_or_the_ui(
             assert wait_for_run(dev, run_id) == "FAILURE", dev.log_tail()
 
             runs = ask(dev, scan, "runs", RUNS)["runsOrError"]["results"]
-            assert len(runs) >= len(GOOD_TENANTS) * len(GOOD_DATES) + 3 + 1
+            # chargeback run: one range run per good tenant, at least one for the failing
+            # tenant (its dates are then retried one by one), and the daemon's run.
+            assert len(runs) >= len(GOOD_TENANTS) + 1 + 1
             masked_errors = 0
             for run in runs:
                 logs = ask(dev, scan, f"logsForRun {run['runId']}", RUN_LOGS, {"runId": run["runId"]})
