@@ -377,6 +377,14 @@ class StorageSettings(_Section):
     backend: Literal["duckdb"] = "duckdb"
     path: Path | None = None
 
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: Path | None) -> Path | None:
+        # The OS refuses it later with a bare "embedded null byte" that names no field.
+        if value is not None and "\x00" in str(value):
+            raise ValueError("the path contains a NUL byte")
+        return value
+
 
 class CheckSettings(_Section):
     """Thresholds of the tenant's non-blocking asset checks (README, "Operating it").

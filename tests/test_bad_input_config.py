@@ -181,7 +181,8 @@ def mutations(draw: st.DrawFn) -> tuple[dict[str, Any], KeyPath, str]:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The demo directory (with the Confluent Cloud recording) and a frozen clock."""
     target = tmp_path / "demo"
-    shutil.copytree(DEMO_CONFIG.parent, target)
+    # Not the stores and outputs of a demo run in this checkout: the tests own those.
+    shutil.copytree(DEMO_CONFIG.parent, target, ignore=shutil.ignore_patterns("data", "out"))
     monkeypatch.chdir(target)
     monkeypatch.setenv("CHARGEBACK_NOW", FROZEN_NOW)
     for name in ("CHARGEBACK_CONFIG", "CHARGEBACK_ENV_FILE", "DAGSTER_HOME", "CB_BADINPUT_UNSET_VAR"):
@@ -668,3 +669,33 @@ def test_absurd_date_ranges_are_refused_at_once(workdir: Path, start: str, end: 
     assert code == 1
     assert output.startswith("error: ") and expected in output, output
     assert written(workdir) == []
+
+
+@pytest.mark.outcome("config-unicode")
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        (("storage", "path"), "storage.path: the path contains a NUL byte"),
+        (
+            ("plugin_settings", "emitters", 0, "params", "output_dir"),
+            "params.output_dir: '{dir}/a\\x00b' contains a NUL byte",
+        ),
+    ],
+)
+def test_a_nul_byte_in_a_path_is_a_config_error_naming_the_field(
+    workdir: Path, field: tuple[str | int, ...], message: str
+) -> None:
+    # Found by the slow corpus: the OS refused these later with a bare "embedded null byte".
+    doc = copy.deepcopy(DEMO)
+    node: Any = doc["tenants"]["postgres-prod"]
+    for key in field[:-1]:
+        node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+    node[field[-1]] = "a\x00b"
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    before = written(workdir)
+    code, output = cli("validate-config", str(config))
+    assert code == 1, output
+    assert "tenant 'postgres-prod': " in output, output
+    assert message.format(dir=workdir) in output, output
+    assert written(workdir) == before

@@ -62,7 +62,7 @@ def spreadsheet_text(value: str) -> str:
 def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     """The demo directory after one day of ``postgres-prod`` with hostile identities."""
     workdir = tmp_path_factory.mktemp("hostile-identities") / "demo"
-    shutil.copytree(DEMO_CONFIG.parent, workdir)
+    shutil.copytree(DEMO_CONFIG.parent, workdir, ignore=shutil.ignore_patterns("data", "out"))
     doc = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     identity_source = doc["tenants"]["postgres-prod"]["plugin_settings"]["identity_source"]
     identity_source["principal_to_team"] = {}
@@ -200,7 +200,7 @@ def test_escaped_text_never_holds_a_control_character_but_newlines_and_tabs(text
 @pytest.mark.outcome("identity-ansi")
 def test_undecodable_and_ansi_bytes_in_argv_are_printed_escaped_by_a_real_process(tmp_path: Path) -> None:
     """A byte that is not UTF-8 reaches Python as a lone surrogate: shown, never a crash in print."""
-    shutil.copytree(DEMO_CONFIG.parent, tmp_path / "demo")
+    shutil.copytree(DEMO_CONFIG.parent, tmp_path / "demo", ignore=shutil.ignore_patterns("data", "out"))
     done = subprocess.run(
         [
             sys.executable,

@@ -270,6 +270,8 @@ def output_dir_problem(directory: Path) -> str | None:
     Checked when the configuration is validated so that a typo or a read-only mount is
     reported against the tenant and emitter before any run, not as a failed sink later.
     """
+    if "\x00" in str(directory):  # pathlib treats such a path as merely missing
+        return f"{str(directory)!r} contains a NUL byte"
     probe = directory
     while not probe.exists():
         if probe.parent == probe:
