@@ -84,12 +84,7 @@ class PrometheusSource:
         resource_id_filter: str | None = None,
     ) -> dict[str, list[MetricRow]]:
         """Rows per query key for ``[start, end)``; raises the first failure in query order."""
-        range_params = {
-            "start": format_time(start, "metrics query start"),
-            "end": format_time(end, "metrics query end"),
-            "step": str(step_seconds(step)),
-        }
-        instant_params = {"time": range_params["end"]}
+        range_params, instant_params = _request_params(start, end, step)
         window = (start, end)
         if not queries:
             return {}
@@ -133,12 +128,7 @@ class PrometheusSource:
         that fails or cannot be split is asked again per resource, so each resource gets
         exactly the outcome ``query`` would give it, failures included.
         """
-        range_params = {
-            "start": format_time(start, "metrics query start"),
-            "end": format_time(end, "metrics query end"),
-            "step": str(step_seconds(step)),
-        }
-        instant_params = {"time": range_params["end"]}
+        range_params, instant_params = _request_params(start, end, step)
         window = (start, end)
 
         def params_of(query: MetricQuery) -> tuple[dict[str, str], tuple[datetime, datetime] | None]:
@@ -380,6 +370,16 @@ def _run_all(
         except Exception as exc:
             first.set_exception(exc)
     return [first, *rest]
+
+
+def _request_params(start: datetime, end: datetime, step: timedelta) -> tuple[dict[str, str], dict[str, str]]:
+    """Form parameters of a range query over ``[start, end)`` and of an instant query at its end."""
+    range_params = {
+        "start": format_time(start, "metrics query start"),
+        "end": format_time(end, "metrics query end"),
+        "step": str(step_seconds(step)),
+    }
+    return range_params, {"time": range_params["end"]}
 
 
 def _redactor_for(connection: MetricsConnection) -> Redactor:
