@@ -184,6 +184,31 @@ def insert_frame(
         conn.unregister(view_name)
 
 
+def rows_digest(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    where: str,
+    params: Sequence[Any],
+    exclude: Sequence[str] = (),
+) -> str:
+    """Order-independent digest of the rows of ``table`` matching ``where``, over every
+    column but ``exclude``, computed inside DuckDB.
+
+    It tells whether stored inputs changed, not an adversary's forgery: the row count
+    plus the sum and the xor of two differently seeded 64-bit row hashes. Reading tens
+    of thousands of rows into Python (or sorting them into one text for a cryptographic
+    hash) cost more than the calculation it guards. DuckDB's ``hash`` may change
+    between DuckDB releases; a changed digest only costs one recalculation.
+    """
+    columns = f"*COLUMNS(* EXCLUDE ({quoted(exclude)}))" if exclude else "*COLUMNS(*)"
+    row = conn.execute(
+        f"SELECT count(*), coalesce(sum(hash({columns})::HUGEINT), 0), "
+        f"coalesce(bit_xor(hash({columns}, 'digest')), 0) FROM {table} WHERE {where}",
+        list(params),
+    ).fetchone()
+    return ":".join(map(str, row or ()))
+
+
 def type_filter(column: str, value: str | Sequence[str] | None) -> tuple[str, list[Any]] | None:
     """SQL for an optional type filter; ``None`` means the filter matches nothing (empty list)."""
     if value is None:

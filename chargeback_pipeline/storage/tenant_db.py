@@ -29,8 +29,9 @@ from chargeback_pipeline.storage.backend import (
 )
 from chargeback_pipeline.storage.billing import BillingRepository, line_key
 from chargeback_pipeline.storage.chargebacks import ChargebackRepository
+from chargeback_pipeline.storage.codec import require_date, rows_digest
 from chargeback_pipeline.storage.core_module import CoreStorageModule
-from chargeback_pipeline.storage.entities import IdentityRepository, ResourceRepository
+from chargeback_pipeline.storage.entities import OVERLAPS_SQL, IdentityRepository, ResourceRepository
 from chargeback_pipeline.storage.locking import tenant_lock
 from chargeback_pipeline.storage.schema import (
     DATED_TABLES,
@@ -48,6 +49,9 @@ from chargeback_pipeline.storage.transactions import atomic, forget
 from chargeback_pipeline.storage.usage import UsageMetricsRepository
 
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
+
+# The dated tables a calculation reads (with the entities of its windows).
+CALCULATION_INPUT_TABLES = ("billing_lines", "usage_metric_groups", "usage_metrics")
 
 
 @dataclass(eq=False)
@@ -124,6 +128,22 @@ class TenantDatabase:
     def storage_backend(self) -> TenantStorageBackend:
         """The read-only ``StorageBackend`` injected into emitters that ask for it."""
         return TenantStorageBackend(self)
+
+    def calculation_inputs_digest(self, d: date, start: datetime, end: datetime) -> str:
+        """Digest of every stored input the calculation of ``d`` reads (recalculation.py).
+
+        The date's billing lines, usage groups and usage rows, and the resources and
+        identities overlapping its billing windows ``[start, end)``, without
+        ``last_seen_at`` (every gather bumps it; the allocation never reads it).
+        """
+        require_date(d, "billing date")
+        period = [require_utc(end, "period end"), require_utc(start, "period start")]
+        dated = [rows_digest(self.conn, table, "billing_date = ?", [d]) for table in CALCULATION_INPUT_TABLES]
+        entities = [
+            rows_digest(self.conn, table, OVERLAPS_SQL, period, exclude=("last_seen_at",))
+            for table in ("resources", "identities")
+        ]
+        return "|".join(dated + entities)
 
     def purge_before(self, d: date, deleted_before: datetime) -> dict[str, int]:
         """Retention (operations.md §13), in one transaction; returns deleted rows per table.
