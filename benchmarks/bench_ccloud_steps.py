@@ -107,7 +107,7 @@ def main() -> int:
                 step("billing", lambda s: steps.gather_billing(s, dates))
                 step("inventory", lambda s: steps.gather_inventory(s, run_id, clock.utc_now()))
                 step("deletions", steps.detect_deletions)
-                step("usage", lambda s: [steps.fetch_usage(s, d) for d in dates])
+                step("usage", lambda s: steps.fetch_usage_dates(s, dates))
                 step("chargebacks", lambda s: [steps.calculate_chargebacks(s, d) for d in dates])
                 step("reconciliation", lambda s: [_reconcile(s, d) for d in dates])
                 step("csv", lambda s: emission.emit_dates(s, "csv", dates, clock.utc_today()))

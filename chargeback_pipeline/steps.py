@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -373,26 +373,65 @@ UsageKey = tuple[str, datetime, datetime]
 @collector_paused
 def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
     """Fetch usage for the date's lines, one query batch per (resource, window) (§6)."""
-    runtime = session.runtime
-    groups = _usage_groups(session, session.db.billing.find_by_date(d))
+    return fetch_usage_dates(session, [d])[d]
+
+
+@collector_paused
+def fetch_usage_dates(session: TenantSession, dates: Sequence[date]) -> dict[date, dict[str, Any]]:
+    """``fetch_usage`` for each date in turn, the next date's queries in flight while a
+    date's rows are stored.
+
+    Each date's groups, outcomes and stored rows are exactly those of ``fetch_usage``
+    alone; only the waits overlap (the metrics backend answering, DuckDB committing).
+    At most one date is fetched ahead, so memory holds two dates' rows at most. When a
+    date fails to store, the step stops there, as it would date by date.
+    """
+    metadata: dict[date, dict[str, Any]] = {}
+    pending: tuple[date, dict[UsageKey, list[MetricQuery]], Future[_Outcomes]] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-prefetch") as prefetch:
+        for d in dates:
+            groups = _usage_groups(session, session.db.billing.find_by_date(d))
+            fetching = prefetch.submit(_fetch_usage_groups, session, groups)
+            if pending is not None:
+                metadata[pending[0]] = _store_usage(session, pending[0], pending[1], pending[2].result())
+            pending = (d, groups, fetching)
+        if pending is not None:
+            metadata[pending[0]] = _store_usage(session, pending[0], pending[1], pending[2].result())
+    return metadata
+
+
+_Outcomes = dict[UsageKey, dict[str, list[MetricRow]] | Exception]
+
+
+def _fetch_usage_groups(
+    session: TenantSession, groups: Mapping[UsageKey, Sequence[MetricQuery]]
+) -> _Outcomes:
+    source = session.runtime.metrics_source
+    if source is None or not groups:
+        return {}
+    step = timedelta(seconds=session.runtime.settings_base.metrics_step_seconds)
+    workers = max(1, min(session.config.metrics_prefetch_workers, len(groups)))
+    return _fetch_groups(source, groups, step, workers)
+
+
+def _store_usage(
+    session: TenantSession, d: date, groups: Mapping[UsageKey, Sequence[MetricQuery]], outcomes: _Outcomes
+) -> dict[str, Any]:
+    """Store one date's outcomes (a failed group as ``fetch_failed``) and describe them."""
+    source = session.runtime.metrics_source
     results: dict[UsageKey, UsageGroup] = {}
     failures: list[str] = []
-    source = runtime.metrics_source
-    if source is not None and groups:
-        step = timedelta(seconds=runtime.settings_base.metrics_step_seconds)
-        workers = max(1, min(session.config.metrics_prefetch_workers, len(groups)))
-        outcomes = _fetch_groups(source, groups, step, workers)
-        for key, outcome in sorted(outcomes.items()):
-            if not isinstance(outcome, Exception):
-                results[key] = UsageGroup(rows=outcome, fetch_failed=False)
-            else:
-                exc = outcome
-                # A MetricsQueryError names the query key, the expression and the reason,
-                # never a credential; the tenant and the group are added here.
-                failure = f"{key[0]} [{key[1].isoformat()}, {key[2].isoformat()}): {_describe(exc)}"
-                log.warning("tenant '%s': %s: usage fetch failed for %s", session.name, d, failure)
-                failures.append(failure)
-                results[key] = UsageGroup(rows=None, fetch_failed=True)
+    for key, outcome in sorted(outcomes.items()):
+        if not isinstance(outcome, Exception):
+            results[key] = UsageGroup(rows=outcome, fetch_failed=False)
+        else:
+            exc = outcome
+            # A MetricsQueryError names the query key, the expression and the reason,
+            # never a credential; the tenant and the group are added here.
+            failure = f"{key[0]} [{key[1].isoformat()}, {key[2].isoformat()}): {_describe(exc)}"
+            log.warning("tenant '%s': %s: usage fetch failed for %s", session.name, d, failure)
+            failures.append(failure)
+            results[key] = UsageGroup(rows=None, fetch_failed=True)
     with session.db.transaction():
         session.db.usage.replace_date(d, results)
     failed = sum(1 for g in results.values() if g.fetch_failed)

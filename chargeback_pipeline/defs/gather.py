@@ -7,7 +7,7 @@ import dagster as dg
 
 from chargeback_pipeline import clock, steps
 from chargeback_pipeline.defs.resources import ChargebackConfig, PluginRuntimes, TenantStorage
-from chargeback_pipeline.defs.stepping import per_date, run_step
+from chargeback_pipeline.defs.stepping import run_step
 from chargeback_pipeline.steps import TenantSession
 
 GROUP = "gather"
@@ -64,8 +64,6 @@ def build_gather_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asse
         tenant_storage: TenantStorage,
     ) -> dg.MaterializeResult:
         """Usage per (resource, billing window) from the tenant's metrics source."""
-        return run_step(
-            context, chargeback_config, plugin_runtimes, tenant_storage, per_date(steps.fetch_usage)
-        )
+        return run_step(context, chargeback_config, plugin_runtimes, tenant_storage, steps.fetch_usage_dates)
 
     return [billing_lines, inventory, resource_deletions, usage_metrics]

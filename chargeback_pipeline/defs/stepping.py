@@ -92,15 +92,6 @@ def _run_tenant(
             context.add_asset_metadata(_as_metadata(metadata), partition_key=key_string(tenant, d))
 
 
-def per_date(fn: Callable[[TenantSession, date], dict[str, Any]]) -> TenantStep:
-    """Adapt a one-date step to the many-dates signature, oldest date first."""
-
-    def step(session: TenantSession, dates: list[date]) -> dict[date, dict[str, Any]]:
-        return {d: fn(session, d) for d in dates}
-
-    return step
-
-
 def is_scheduled_refresh(context: dg.AssetExecutionContext) -> bool:
     """Runs of the refresh schedule may skip unchanged dates; manual runs never do."""
     return REFRESH_TAG in context.run.tags
