@@ -734,6 +734,15 @@ def test_file_emitters_are_checked_against_the_tenant_at_load(tmp_path: Path) ->
         f"{prefix}.2: emitter 'prometheus': {{tenant_id}} in filename template '{{tenant_id}}.om' would be "
         "'../evil', which cannot be used in a file name: it contains '/'",
     ]
+    # A control character (here an escape sequence) would land in the file name too.
+    errors = load(tmp_path, text.replace("tenant_id: ../evil", 'tenant_id: "acme\\e[2J"')).tenant_errors[
+        "acme"
+    ]
+    assert errors[0] == (
+        f"{prefix}.0: emitter 'csv': {{tenant_id}} in filename template '{{tenant_id}}_{{date}}.csv' "
+        "would be 'acme\\x1b[2J', which cannot be used in a file name: "
+        "it contains the control character U+001B"
+    )
     text = text.replace("tenant_id: ../evil", "tenant_id: acme-id")
     assert load(tmp_path, text).tenant_errors["acme"] == [
         f"{prefix}.2: emitter 'prometheus': params.output_dir: {tmp_path / 'a-file' / 'metrics'} cannot be "

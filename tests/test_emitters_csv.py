@@ -391,6 +391,9 @@ def test_relative_output_dir_follows_config_dir(tmp_path: Path) -> None:
         ("reports\\..\\{date}.csv", r"contains a '\.\.' path component"),
         ("{date}/", r"does not end in a file name"),
         ("", r"is empty"),
+        ("{date}\n.csv", r"contains the control character U\+000A"),
+        ("\x1b[31m{date}.csv", r"contains the control character U\+001B"),
+        ("{date}\x85.csv", r"contains the control character U\+0085"),
     ],
 )
 def test_bad_templates_are_validation_errors(template: str, message: str) -> None:

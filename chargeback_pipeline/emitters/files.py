@@ -36,6 +36,8 @@ def relative_path_problem(relative: str) -> str | None:
         return "is empty"
     if "\x00" in relative:
         return "contains a NUL character"
+    if (problem := _control_character_problem(relative)) is not None:
+        return problem
     if relative.startswith(("/", "\\")) or PurePosixPath(relative).is_absolute():
         return "is an absolute path"
     if PureWindowsPath(relative).drive:
@@ -46,6 +48,12 @@ def relative_path_problem(relative: str) -> str | None:
     if parts[-1] in ("", "."):
         return "does not end in a file name"
     return None
+
+
+def _control_character_problem(text: str) -> str | None:
+    """A newline or escape sequence in a file name breaks every listing and log line."""
+    control = next((ch for ch in text if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+    return None if control is None else f"contains the control character U+{ord(control):04X}"
 
 
 def safe_join(base: Path, relative: str) -> Path:
@@ -237,7 +245,7 @@ def path_value_problem(value: str) -> str | None:
     for ch, what in (("/", "'/'"), ("\\", "'\\'"), ("\x00", "a NUL character")):
         if ch in value:
             return f"contains {what}"
-    return None
+    return _control_character_problem(value)
 
 
 def check_path_value(placeholder: str, value: str) -> None:
