@@ -74,10 +74,24 @@ _PLACEHOLDER = re.compile(r"\$\{([^}:]+)(?::-([^}]*))?\}")
 
 
 class _MissingVariable(Exception):
-    def __init__(self, name: str, where: str) -> None:
-        super().__init__(f"Required environment variable '{name}' is not set (at {where})")
+    def __init__(self, name: str, where: str, reason: str = "is not set") -> None:
+        super().__init__(f"Required environment variable '{name}' {reason} (at {where})")
         self.variable = name
         self.where = where
+
+
+def _usable(name: str, value: str, where: str) -> str:
+    """``value``, unless it holds bytes that are not UTF-8.
+
+    Python hands such bytes over as lone surrogates, which would fail much later in an
+    HTTP header or a DuckDB write with an error that says nothing of the variable. The
+    value itself is never shown: it is often a secret.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _MissingVariable(name, where, "is not valid UTF-8 text") from None
+    return value
 
 
 def format_path(path: Iterable[str | int]) -> str:
@@ -93,10 +107,10 @@ def substitute_string(value: str, where: str, env: Mapping[str, str] | None = No
         name, default = match.group(1), match.group(2)
         current = environ.get(name)
         if default is not None:
-            return current if current else default
+            return _usable(name, current, where) if current else default
         if current is None:
             raise _MissingVariable(name, where)
-        return current
+        return _usable(name, current, where)
 
     return _PLACEHOLDER.sub(replace, value)
 

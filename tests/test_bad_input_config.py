@@ -570,6 +570,31 @@ def test_unknown_keys_where_settings_are_strict_are_errors(workdir: Path) -> Non
     assert "colour" in output and "tema" in output, output
 
 
+@pytest.mark.outcome("config-unicode")
+@pytest.mark.parametrize("placeholder", ["${CCLOUD_API_SECRET}", "${CCLOUD_API_SECRET:-offline-demo}"])
+def test_an_environment_value_that_is_not_utf8_is_named_without_its_value(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, placeholder: str
+) -> None:
+    """Python hands non-UTF-8 environment bytes over as lone surrogates, which used to
+    reach the vendor client and fail there; the variable is named, its value never shown."""
+    config = workdir / "config.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("${CCLOUD_API_SECRET:-offline-demo}", placeholder)
+    )
+    monkeypatch.setitem(os.environb, b"CCLOUD_API_SECRET", b"s3cr\xffet")
+    assert os.environ["CCLOUD_API_SECRET"] == "s3cr\udcffet"
+    code, output = cli("validate-config", "config.yaml")
+    assert code == 1
+    assert (
+        "config.yaml: tenant 'confluent-cloud': plugin_settings.ccloud_api.secret: Required environment "
+        "variable 'CCLOUD_API_SECRET' is not valid UTF-8 text (at tenants.confluent-cloud.plugin_settings."
+        "ccloud_api.secret)"
+    ) in output, output
+    assert "s3cr" not in output
+    monkeypatch.setitem(os.environb, b"CCLOUD_API_SECRET", b"s3cret")
+    assert cli("validate-config", "config.yaml")[0] == 0
+
+
 @pytest.mark.outcome("config-not-yaml")
 @pytest.mark.parametrize(
     ("env_file", "expected"),
