@@ -166,7 +166,6 @@ def atomic_write(path: Path, *, encoding: str = "utf-8", newline: str = "") -> I
             stream.flush()
             os.fchmod(stream.fileno(), _target_mode(path))
             os.fsync(stream.fileno())
-        _before_rename(temp_path, path)
         os.replace(temp_path, path)
     except OSError as exc:
         temp_path.unlink(missing_ok=True)
@@ -183,14 +182,6 @@ def _naming(exc: OSError, path: Path) -> OSError:
     if exc.filename is not None or exc.errno is None:
         return exc
     return type(exc)(exc.errno, exc.strerror, str(path))
-
-
-def _before_rename(temp_path: Path, path: Path) -> None:
-    """The complete temporary file exists, the target is not replaced yet.
-
-    Does nothing; it names the instant a crash leaves an orphan temporary file, so the
-    fault tests can kill a real process exactly there.
-    """
 
 
 def remove_file(path: Path) -> bool:
