@@ -21,6 +21,7 @@ import pytest
 from chargeback_pipeline import steps
 from chargeback_pipeline.models import MetricQuery, MetricRow
 from chargeback_pipeline.storage import TenantDatabase, open_tenant_db
+from tests.metrics_fixtures import RecordedMetrics
 from tests.test_storage_support import D1, ECO, T1, TENANT, line
 
 DATES = [D1 + timedelta(days=i) for i in range(3)]
@@ -28,12 +29,17 @@ QUERY = MetricQuery("bytes_in", "sum by (principal_id) (bytes_in{})", ("principa
 WAIT_S = 5.0
 
 
-class RecordingSource:
-    """Answers one row per query; ``started[d]`` is set when the query of date ``d`` begins."""
+class RecordingSource(RecordedMetrics):
+    """One row per date (its value the day of the month); ``started[d]`` is set when the
+    query of date ``d`` begins."""
 
     def __init__(self) -> None:
+        labels = {"principal_id": "sa-1"}
+        rows = [
+            MetricRow(T1 + timedelta(days=i), QUERY.key, Decimal(d.day), labels) for i, d in enumerate(DATES)
+        ]
+        super().__init__({QUERY.key: rows})
         self.started = {d: threading.Event() for d in DATES}
-        self.asked: list[date] = []
 
     def query(
         self,
@@ -41,12 +47,14 @@ class RecordingSource:
         start: datetime,
         end: datetime,
         step: timedelta,
-        resource_id: str,
+        resource_id_filter: str | None = None,
     ) -> dict[str, list[MetricRow]]:
-        day = start.date()
-        self.asked.append(day)
-        self.started[day].set()
-        return {q.key: [MetricRow(start, q.key, Decimal(day.day), {"principal_id": "sa-1"})] for q in queries}
+        self.started[start.date()].set()
+        return super().query(queries, start, end, step, resource_id_filter)
+
+    @property
+    def asked(self) -> list[date]:
+        return [start.date() for _, start, _ in self.calls]
 
 
 class Handler:
