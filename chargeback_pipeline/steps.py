@@ -371,17 +371,11 @@ UsageKey = tuple[str, datetime, datetime]
 
 
 @collector_paused
-def fetch_usage(session: TenantSession, d: date) -> dict[str, Any]:
-    """Fetch usage for the date's lines, one query batch per (resource, window) (§6)."""
-    return fetch_usage_dates(session, [d])[d]
-
-
-@collector_paused
 def fetch_usage_dates(session: TenantSession, dates: Sequence[date]) -> dict[date, dict[str, Any]]:
-    """``fetch_usage`` for each date in turn, the next date's queries in flight while a
-    date's rows are stored.
+    """Fetch and store the usage of each date's lines, one query batch per (resource,
+    window) (§6), the next date's queries in flight while a date's rows are stored.
 
-    Each date's groups, outcomes and stored rows are exactly those of ``fetch_usage``
+    Each date's groups, outcomes and stored rows are exactly those of the date fetched
     alone; only the waits overlap (the metrics backend answering, DuckDB committing).
     At most one date is fetched ahead, so memory holds two dates' rows at most. When a
     date fails to store, the step stops there, as it would date by date.
